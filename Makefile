@@ -1,0 +1,50 @@
+# Every target installs what it needs first (Debian packages, then a virtual environment
+# outside the clone keyed by a hash of setup.py), so a fresh machine needs only `make`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+SETUP_HASH := $(shell sha256sum setup.py | cut -c1-16)
+VENV ?= $(HOME)/.cache/cmt/venv-$(SETUP_HASH)
+PY := $(VENV)/bin/python
+APT_PACKAGES := ffmpeg espeak-ng
+PYTEST_ARGS ?=
+
+.PHONY: help system-deps venv test lint smoke demo
+
+help:
+	@echo "make demo   - run the main job on the embedded data (installs what it needs)"
+	@echo "make test   - run the test suite (installs what it needs)"
+	@echo "make lint   - ruff"
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.ready:
+	@echo "creating $(VENV) (once per version of setup.py)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+# The environment is shared between clones, so point the editable install at this one.
+venv: system-deps $(VENV)/.ready
+	@$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e . >/dev/null
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+smoke: venv
+	$(PY) -m modeling_cmt.smoke
+
+demo: smoke

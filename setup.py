@@ -1,0 +1,56 @@
+"""CMT: cross-modal pretrained transformer for speech emotion recognition and sentiment analysis."""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+_here = Path(__file__).parent
+_version = re.search(r'__version__ = "([^"]+)"', (_here / "modeling_cmt" / "__init__.py").read_text()).group(1)
+
+install_requires = [
+    "torch>=2.4,<3",
+    "torchaudio>=2.4,<3",
+    "torchcodec>=0.5",
+    "transformers>=5.0,<6",
+    "huggingface_hub>=1.0,<3",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+]
+
+extras = {
+    # Corpus builders (hub_datasets/) and the training scripts (examples/).
+    "train": [
+        "datasets>=5.0,<6",
+        "evaluate>=0.4,<0.5",
+        "accelerate>=1.0,<2",
+        "scikit-learn>=1.4,<2",
+        "scipy>=1.11,<2",
+        "h5py>=3.10,<4",
+        "tqdm>=4.66",
+    ],
+    # Plots for the demo, reports and benchmarks.
+    "demo": [
+        "matplotlib>=3.8,<4",
+    ],
+    "dev": [
+        "pytest>=8,<10",
+        "ruff>=0.6",
+    ],
+}
+extras["dev"] = extras["dev"] + extras["train"] + extras["demo"]
+
+setup(
+    name="cmt-speech",
+    version=_version,
+    description="Cross-modal pretrained transformer (HuBERT + RoBERTa) for speech emotion recognition "
+    "and sentiment analysis, in the Hugging Face ecosystem",
+    long_description=(_here / "README.md").read_text() if (_here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["modeling_cmt", "hub_datasets"],
+    package_data={"modeling_cmt": ["presets/*.json", "data/*.json"], "hub_datasets": ["cards/*.md", "data/*.json"]},
+    install_requires=install_requires,
+    extras_require=extras,
+)
