@@ -1,0 +1,53 @@
+"""CMT: cross-modal pretrained transformer (HuBERT + RoBERTa) for speech emotion recognition and sentiment analysis.
+
+Importing the package registers CMT with the transformers Auto classes, so `AutoModel.from_pretrained(path)` works
+without `trust_remote_code`; checkpoints saved from these classes also carry the remote code for a plain
+`trust_remote_code=True` load elsewhere.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+)
+
+from .configuration_cmt import CMTConfig, list_presets, load_preset
+from .modeling_cmt import (
+    CMTForPreTraining,
+    CMTForSequenceClassification,
+    CMTModel,
+    CMTPreTrainedModel,
+    masked_mean,
+    orthogonality_loss,
+)
+from .processing_cmt import CMTProcessor
+
+
+__version__ = "0.1.0.dev0"
+
+AutoConfig.register("cmt", CMTConfig, exist_ok=True)
+AutoModel.register(CMTConfig, CMTModel, exist_ok=True)
+AutoModelForSequenceClassification.register(CMTConfig, CMTForSequenceClassification, exist_ok=True)
+AutoModelForPreTraining.register(CMTConfig, CMTForPreTraining, exist_ok=True)
+AutoProcessor.register(CMTConfig, CMTProcessor, exist_ok=True)
+
+CMTConfig.register_for_auto_class()
+CMTModel.register_for_auto_class("AutoModel")
+CMTForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+CMTForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+CMTProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "CMTConfig",
+    "CMTForPreTraining",
+    "CMTForSequenceClassification",
+    "CMTModel",
+    "CMTPreTrainedModel",
+    "CMTProcessor",
+    "list_presets",
+    "load_preset",
+    "masked_mean",
+    "orthogonality_loss",
+]

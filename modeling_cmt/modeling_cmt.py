@@ -1,0 +1,1083 @@
+"""PyTorch CMT: a HuBERT audio tower and a RoBERTa text tower joined by audio cross-modal transformer layers.
+
+Chu et al., "Self-supervised Cross-modal Pretraining for Speech Emotion Recognition and Sentiment Analysis", Findings
+of EMNLP 2022. The towers come from transformers unchanged; this file adds the cross-modal layers (paper eq. 1-5), the
+pooling and fusion (eq. 6), the orthogonality regulariser (eq. 7-8), the layer pooler and the pretraining heads.
+"""
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.models.hubert.modeling_hubert import eager_attention_forward
+from transformers.models.roberta.modeling_roberta import RobertaLMHead
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.utils import ModelOutput, logging
+
+from .configuration_cmt import CMTConfig, load_preset
+
+
+logger = logging.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CMTModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, frames, audio_hidden_size)`, *optional*):
+        Output of the last audio cross-modal layer (the audio tower's output when `num_cross_layers=0`). `None` for
+        `modality="text"`.
+    audio_pooled_output (`torch.FloatTensor` of shape `(batch_size, audio_hidden_size)`, *optional*):
+        h̄_a: masked mean over frames of the audio representation chosen by `pooling` / `cross_hidden_state_index`.
+    text_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, tokens, text_hidden_size)`, *optional*):
+        The text tower's last hidden states. `None` for `modality="audio"`.
+    text_pooled_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+        h̄_w: masked mean over tokens of the text tower's last hidden states.
+    text_first_token_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
+        h_w0: the text tower's last hidden state of the first token (`<s>`).
+    audio_frame_mask (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+        Which audio frames are real (not padding), derived from the sample-level `audio_attention_mask`.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        `num_cross_layers + 1` tensors of shape `(batch_size, frames, audio_hidden_size)`: the audio tower output that
+        enters the cross-modal stack, then the output of each cross-modal layer.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Self-attention weights of each cross-modal layer, `(batch_size, heads, frames, frames)`.
+    cross_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        Audio-to-text cross-attention weights of each cross-modal layer, `(batch_size, heads, frames, tokens)`.
+    layer_pooler_weights (`torch.FloatTensor` of shape `(num_cross_layers,)`, *optional*):
+        Softmax weights of the layer pooler (`pooling="layer_pooler"`), one per cross-modal layer.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    audio_pooled_output: torch.FloatTensor | None = None
+    text_last_hidden_state: torch.FloatTensor | None = None
+    text_pooled_output: torch.FloatTensor | None = None
+    text_first_token_output: torch.FloatTensor | None = None
+    audio_frame_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    layer_pooler_weights: torch.FloatTensor | None = None
+
+
+@dataclass
+class CMTSequenceClassifierOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        `task_loss + ortho_weight * ortho_loss` (paper eq. 8).
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores (before softmax) or regression outputs.
+    task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+        Cross-entropy, MSE or BCE, by `config.problem_type`.
+    ortho_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        L_ortho (paper eq. 7), batch mean; computed whenever both modalities are present.
+    fused_output (`torch.FloatTensor` of shape `(batch_size, fused_size)`):
+        h_fuse = h̄_a ⊕ h_w0 (paper eq. 6), the input of the head; one side only for single-modality models.
+    hidden_states, attentions, cross_attentions, layer_pooler_weights:
+        As in [`CMTModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
+    ortho_loss: torch.FloatTensor | None = None
+    fused_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    layer_pooler_weights: torch.FloatTensor | None = None
+
+
+@dataclass
+class CMTForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Weighted sum of the pretraining losses that were computed.
+    unit_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Masked acoustic unit prediction loss (cross-entropy against codebook units at masked, paired frames).
+    mlm_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Masked language modelling loss of the text tower (returned when `mlm_labels` is given).
+    matching_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        Audio–text matching loss (returned when `matching_loss_weight > 0` and the batch holds >= 2 items).
+    unit_logits (`torch.FloatTensor` of shape `(batch_size, frames, codebook_size)`, *optional*):
+        Unit predictions from the last cross-modal layer.
+    unit_labels (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+        The unit targets used (codebook assignments of the unmasked audio, or the given `unit_labels`).
+    mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+        The frames that were masked in the audio tower's input.
+    mlm_logits (`torch.FloatTensor` of shape `(batch_size, tokens, vocab_size)`, *optional*):
+        Masked language modelling predictions.
+    matching_logits (`torch.FloatTensor` of shape `(batch_size, 2)`, *optional*):
+        Audio–text matching scores (index 1 = paired).
+    matching_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+        1 where the audio item was paired with its own transcript, 0 where with another item's.
+    """
+
+    loss: torch.FloatTensor | None = None
+    unit_loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    matching_loss: torch.FloatTensor | None = None
+    unit_logits: torch.FloatTensor | None = None
+    unit_labels: torch.LongTensor | None = None
+    mask_time_indices: torch.BoolTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    matching_logits: torch.FloatTensor | None = None
+    matching_labels: torch.LongTensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Functions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over dim 1 of `(batch, length, hidden)` states, counting only positions where `mask` is true."""
+    if mask is None:
+        return hidden_states.mean(dim=1)
+    mask = mask.to(hidden_states.dtype).unsqueeze(-1)  # (batch, length, 1)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def orthogonality_loss(audio_pooled: torch.Tensor, text_pooled: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """
+    L_ortho = |h̄_aᵀ h̄_w| / (‖h̄_a‖ ‖h̄_w‖) (paper eq. 7): the absolute cosine between pooled audio and pooled text,
+    averaged over the batch. Both inputs are `(batch, hidden)` of the same width.
+    """
+    cosine = nn.functional.cosine_similarity(audio_pooled, text_pooled, dim=-1, eps=eps)  # (batch,)
+    return cosine.abs().mean()
+
+
+def _min_input_samples(conv_kernel, conv_stride) -> int:
+    """Smallest number of samples for which a convolutional front end produces one frame."""
+    samples = 1
+    for kernel, stride in reversed(list(zip(conv_kernel, conv_stride))):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
+def _build_text_tower(text_config) -> PreTrainedModel:
+    """The text tower as its transformers base model, without a pooling layer where the class has one."""
+    model_class = MODEL_MAPPING[type(text_config)]
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return model_class(text_config, add_pooling_layer=False)
+    return model_class(text_config)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CMTAttention(nn.Module):
+    """Multi-head attention over the audio frames (self-attention) or from audio frames to text tokens (cross)."""
+
+    def __init__(self, config: CMTConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.audio_config.hidden_size
+        self.num_heads = config.cross_num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.cross_attention_dropout
+        self.is_causal = False
+
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, query_length, _ = hidden_states.shape
+        key_value_states = hidden_states if key_value_states is None else key_value_states
+        query = self.q_proj(hidden_states).view(batch_size, query_length, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(key_value_states).view(batch_size, key_value_states.shape[1], -1, self.head_dim)
+        value = self.v_proj(key_value_states).view(batch_size, key_value_states.shape[1], -1, self.head_dim)
+        key, value = key.transpose(1, 2), value.transpose(1, 2)  # (batch, heads, keys, head_dim)
+
+        # Attention maps are only materialised by the eager kernel; the others return None for the weights.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        if implementation == "eager" and attention_mask is not None and attention_mask.dtype == torch.bool:
+            attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(
+                ~attention_mask, torch.finfo(query.dtype).min
+            )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()  # (batch, frames, hidden)
+        return self.out_proj(attn_output), attn_weights
+
+
+class CMTFeedForward(nn.Module):
+    def __init__(self, config: CMTConfig):
+        super().__init__()
+        hidden_size = config.audio_config.hidden_size
+        self.intermediate_dense = nn.Linear(hidden_size, config.cross_intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.cross_hidden_act]
+        self.intermediate_dropout = nn.Dropout(config.cross_activation_dropout)
+        self.output_dense = nn.Linear(config.cross_intermediate_size, hidden_size)
+        self.output_dropout = nn.Dropout(config.cross_hidden_dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.intermediate_dropout(self.intermediate_act_fn(self.intermediate_dense(hidden_states)))
+        return self.output_dropout(self.output_dense(hidden_states))
+
+
+class CMTCrossModalLayer(GradientCheckpointingLayer):
+    """
+    One audio cross-modal transformer layer (paper eq. 1-5, post-LN). Parameter names of the self-attention and
+    feed-forward blocks match a HuBERT encoder layer, so the tower's top layers can seed them.
+    """
+
+    def __init__(self, config: CMTConfig):
+        super().__init__()
+        hidden_size, eps = config.audio_config.hidden_size, config.cross_layer_norm_eps
+        self.attention = CMTAttention(config)
+        self.dropout = nn.Dropout(config.cross_hidden_dropout)
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.cross_attention = CMTAttention(config)
+        self.cross_attention_layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.feed_forward = CMTFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        text_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        # eq. 1-2: self-attention over the audio frames, add & LayerNorm
+        attended, self_weights = self.attention(
+            hidden_states, attention_mask=attention_mask, output_attentions=output_attentions
+        )
+        hidden_states = self.layer_norm(hidden_states + self.dropout(attended))
+        # eq. 3-4: cross-attention from audio frames to text tokens, add & LayerNorm
+        attended, cross_weights = self.cross_attention(
+            hidden_states,
+            key_value_states=text_states,
+            attention_mask=text_attention_mask,
+            output_attentions=output_attentions,
+        )
+        hidden_states = self.cross_attention_layer_norm(hidden_states + self.dropout(attended))
+        # eq. 5: feed-forward, add & LayerNorm
+        hidden_states = self.final_layer_norm(hidden_states + self.feed_forward(hidden_states))
+        return hidden_states, self_weights, cross_weights
+
+
+class CMTCrossModalEncoder(nn.Module):
+    """The stack of audio cross-modal layers; keeps every layer's output for the pooler and the hidden-state choice."""
+
+    def __init__(self, config: CMTConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([CMTCrossModalLayer(config) for _ in range(config.num_cross_layers)])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=frame_mask
+        )  # audio keys: padded frames masked
+        text_attention_mask = create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=text_mask,
+            encoder_hidden_states=text_states,
+        )  # text keys: padded tokens masked
+        all_hidden_states = (hidden_states,)
+        all_attentions, all_cross_attentions = (), ()
+        for layer in self.layers:
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states, attention_mask, text_states, text_attention_mask, output_attentions
+            )
+            all_hidden_states += (hidden_states,)
+            all_attentions += (self_weights,)
+            all_cross_attentions += (cross_weights,)
+        if not output_attentions:
+            return all_hidden_states, None, None
+        return all_hidden_states, all_attentions, all_cross_attentions
+
+
+class CMTLayerPooler(nn.Module):
+    """The paper's layer pooler: a learned softmax-weighted average of the cross-modal layers' outputs."""
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.layer_weights = nn.Parameter(torch.zeros(num_layers))
+
+    def forward(self, layer_states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = nn.functional.softmax(self.layer_weights, dim=-1)  # (layers,)
+        stacked = torch.stack(layer_states, dim=0)  # (layers, batch, frames, hidden)
+        pooled = (weights.to(stacked.dtype)[:, None, None, None] * stacked).sum(dim=0)  # (batch, frames, hidden)
+        return pooled, weights
+
+
+class CMTClassificationHead(nn.Module):
+    """RoBERTa-style head on h_fuse: dropout, dense + tanh, dropout, projection to the labels."""
+
+    def __init__(self, input_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(input_size, input_size)
+        self.out_proj = nn.Linear(input_size, num_labels)
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.dense(self.dropout(fused)))
+        return self.out_proj(self.dropout(hidden))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CMTPreTrainedModel(PreTrainedModel):
+    config_class = CMTConfig
+    config: CMTConfig
+    base_model_prefix = "cmt"
+    main_input_name = "input_values"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["CMTCrossModalLayer"]
+    # Our forward takes no **kwargs; tell Trainer not to scale losses as if it passed `num_items_in_batch`.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, CMTLayerPooler):
+            init.zeros_(module.layer_weights)  # uniform average until trained
+        elif isinstance(module, RobertaLMHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, CMTForPreTraining):
+            init.zeros_(module.codebook)  # all-zero = not fitted yet
+
+    # --- construction from tower checkpoints and presets -------------------------------------------------------------
+
+    @classmethod
+    def from_audio_text_pretrained(
+        cls, audio_model_name_or_path: str, text_model_name_or_path: str, **kwargs
+    ) -> "CMTPreTrainedModel":
+        """
+        Builds a CMT model whose towers are loaded from two checkpoints (Hub ids or local folders) and whose
+        cross-modal layers and heads are new.
+
+        Keyword arguments prefixed with `audio_` / `text_` go to the tower's `from_pretrained` (e.g.
+        `audio_revision="main"`, `text_attn_implementation="eager"`); the others configure [`CMTConfig`] (e.g.
+        `num_cross_layers=4`, `num_labels=4`, `attn_implementation="sdpa"`).
+
+        Example:
+
+        ```python
+        >>> model = CMTForSequenceClassification.from_audio_text_pretrained(
+        ...     "facebook/hubert-base-ls960", "FacebookAI/roberta-base", num_cross_layers=4, num_labels=4
+        ... )
+        ```"""
+        audio_kwargs = {key[len("audio_") :]: kwargs.pop(key) for key in list(kwargs) if key.startswith("audio_")}
+        text_kwargs = {key[len("text_") :]: kwargs.pop(key) for key in list(kwargs) if key.startswith("text_")}
+        if "attn_implementation" in kwargs:
+            audio_kwargs.setdefault("attn_implementation", kwargs["attn_implementation"])
+            text_kwargs.setdefault("attn_implementation", kwargs["attn_implementation"])
+
+        audio_model = _load_tower(AutoModel, audio_model_name_or_path, "audio", audio_kwargs)
+        wants_mlm_head = issubclass(cls, CMTForPreTraining)
+        text_loader = AutoModelForMaskedLM if wants_mlm_head else AutoModel
+        text_model = _load_tower(text_loader, text_model_name_or_path, "text", text_kwargs)
+        mlm_head = getattr(text_model, "lm_head", None) if wants_mlm_head else None
+        if wants_mlm_head:
+            text_model = text_model.base_model
+
+        audio_config = audio_model.config.to_dict()
+        audio_state = audio_model.state_dict()
+        num_cross_layers = kwargs.get("num_cross_layers", CMTConfig.num_cross_layers)
+        moved_layers = {}
+        if kwargs.get("cross_layer_init", "random") == "audio_top_layers" and num_cross_layers > 0:
+            audio_config, audio_state, moved_layers = _split_top_layers(
+                audio_config, audio_state, num_cross_layers, kwargs
+            )
+
+        config = CMTConfig(audio_config=audio_config, text_config=text_model.config.to_dict(), **kwargs)
+        model = cls(config)
+        cmt = model.base_model
+        if cmt.audio_model is not None:
+            cmt.audio_model.load_state_dict(audio_state, strict=True)
+        if cmt.text_model is not None:
+            missing, unexpected = cmt.text_model.load_state_dict(text_model.state_dict(), strict=False)
+            unexpected = [key for key in unexpected if not key.startswith("pooler.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"The text checkpoint {text_model_name_or_path!r} does not fit the text tower: missing "
+                    f"{missing[:5]}, unexpected {unexpected[:5]}."
+                )
+        for index, layer_state in moved_layers.items():
+            missing, unexpected = cmt.encoder.layers[index].load_state_dict(layer_state, strict=False)
+            if unexpected or any(
+                not key.startswith(("cross_attention.", "cross_attention_layer_norm.")) for key in missing
+            ):
+                raise ValueError(
+                    f"Audio tower layer weights do not fit cross-modal layer {index}: missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]}. Use cross_layer_init='random'."
+                )
+        loaded_from = {"audio_model.", "text_model."}
+        if mlm_head is not None and isinstance(mlm_head, RobertaLMHead):
+            model.mlm_head.load_state_dict(mlm_head.state_dict())
+            loaded_from.add("mlm_head.")
+        new_modules = sorted(
+            {
+                ".".join(name.split(".")[: 3 if name.startswith("cmt.") else 2])
+                for name, _ in model.named_parameters()
+                if not any(part in name for part in loaded_from)
+            }
+        )
+        seeded = (
+            f"; self-attention and feed-forward of cross-modal layers {sorted(moved_layers)} come from the top audio tower layers"
+            if moved_layers
+            else ""
+        )
+        logger.warning(
+            f"{cls.__name__}: towers loaded from {audio_model_name_or_path!r} and {text_model_name_or_path!r}{seeded}. "
+            f"Newly initialised (train before use): {', '.join(new_modules) or 'nothing'}."
+        )
+        return model
+
+    @classmethod
+    def from_preset(cls, name: str, load_towers: bool = True, **kwargs) -> "CMTPreTrainedModel":
+        """
+        Builds a model from a named preset (`tiny`, `cmt-4`, `cmt-base`, `cmt-large`). With `load_towers=True` and a
+        preset that names tower checkpoints, the towers are loaded with [`from_audio_text_pretrained`]; otherwise
+        every weight is random (e.g. for benchmarks). Keyword arguments override the preset's config values.
+        """
+        preset = load_preset(name)
+        if load_towers and "audio_model_name_or_path" in preset:
+            tower_free = {k: v for k, v in preset["config"].items() if k not in ("audio_config", "text_config")}
+            return cls.from_audio_text_pretrained(
+                preset["audio_model_name_or_path"], preset["text_model_name_or_path"], **{**tower_free, **kwargs}
+            )
+        return cls(CMTConfig(**{**preset["config"], **kwargs}))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:
+            # `auto_map` lists only the saved class; add the bare model so a head checkpoint loads with AutoModel too.
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", f"{CMTModel.__module__.rsplit('.', 1)[-1]}.CMTModel")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    # --- training controls -------------------------------------------------------------------------------------------
+
+    def freeze_feature_encoder(self):
+        """Stops gradients to the audio tower's convolutional feature encoder (the usual fine-tuning setting)."""
+        audio_model = self.base_model.audio_model
+        if audio_model is not None:
+            audio_model.feature_extractor._freeze_parameters()
+
+    def freeze_towers(self):
+        """Freezes both towers (stage 1 of pretraining, probing): only cross-modal layers and heads train."""
+        for tower in (self.base_model.audio_model, self.base_model.text_model):
+            if tower is not None:
+                tower.requires_grad_(False)
+
+    def unfreeze_towers(self, include_feature_encoder: bool = False):
+        """
+        Unfreezes both towers (stage 2 of pretraining). The audio feature encoder stays frozen unless
+        `include_feature_encoder=True`.
+        """
+        for tower in (self.base_model.audio_model, self.base_model.text_model):
+            if tower is not None:
+                tower.requires_grad_(True)
+        if not include_feature_encoder:
+            self.freeze_feature_encoder()
+
+
+def _load_tower(auto_class, name_or_path: str, side: str, tower_kwargs: dict) -> PreTrainedModel:
+    try:
+        config = tower_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path)
+    except OSError as error:
+        raise ValueError(f"Could not load the {side} tower config from {name_or_path!r}: {error}") from error
+    if (
+        auto_class is AutoModel
+        and "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters
+    ):
+        tower_kwargs.setdefault("add_pooling_layer", False)
+    return auto_class.from_pretrained(name_or_path, config=config, **tower_kwargs)
+
+
+def _split_top_layers(audio_config: dict, audio_state: dict, num_layers: int, kwargs: dict):
+    """Removes the top `num_layers` layers from a post-LN audio tower; returns the shortened config and state and the
+    moved layers' weights keyed by cross-modal layer index."""
+    total = audio_config["num_hidden_layers"]
+    if audio_config.get("do_stable_layer_norm", False):
+        raise ValueError(
+            "cross_layer_init='audio_top_layers' needs a post-LN audio tower (do_stable_layer_norm=False, as "
+            "hubert-base); this tower is pre-LN (e.g. hubert-large). Use cross_layer_init='random'."
+        )
+    if num_layers > total:
+        raise ValueError(f"num_cross_layers={num_layers} exceeds the audio tower's {total} layers.")
+    tower_shape = {
+        "cross_num_attention_heads": audio_config["num_attention_heads"],
+        "cross_intermediate_size": audio_config["intermediate_size"],
+        "cross_hidden_act": audio_config["hidden_act"],
+        "cross_layer_norm_eps": audio_config["layer_norm_eps"],
+    }
+    for key, value in tower_shape.items():
+        if kwargs.setdefault(key, value) != value:
+            raise ValueError(
+                f"cross_layer_init='audio_top_layers' copies tower layers, so {key} must equal the tower's {value!r} "
+                f"(got {kwargs[key]!r})."
+            )
+    keep = total - num_layers
+    audio_config = {**audio_config, "num_hidden_layers": keep}
+    kept_state, moved = {}, {index: {} for index in range(num_layers)}
+    for key, value in audio_state.items():
+        if key.startswith("encoder.layers."):
+            layer_index, rest = key[len("encoder.layers.") :].split(".", 1)
+            if int(layer_index) >= keep:
+                moved[int(layer_index) - keep][rest] = value
+                continue
+        kept_state[key] = value
+    return audio_config, kept_state, moved
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CMTModel(CMTPreTrainedModel):
+    """
+    The bare CMT model: audio tower, text tower, audio cross-modal layers, and the pooled representations h̄_a, h̄_w
+    and h_w0. Single-modality configurations (`modality="audio"` / `"text"`) build only the tower they use.
+    """
+
+    def __init__(self, config: CMTConfig):
+        super().__init__(config)
+        uses_audio = config.modality in ("both", "audio")
+        uses_text = config.modality in ("both", "text")
+        self.audio_model = AutoModel.from_config(config.audio_config) if uses_audio else None
+        self.text_model = _build_text_tower(config.text_config) if uses_text else None
+        audio_width, text_width = config.audio_config.hidden_size, config.text_config.hidden_size
+        # Text states enter cross-attention (and L_ortho) in the audio width.
+        self.text_projection = (
+            nn.Linear(text_width, audio_width) if uses_audio and uses_text and audio_width != text_width else None
+        )
+        self.encoder = CMTCrossModalEncoder(config) if config.num_cross_layers > 0 else None
+        self.layer_pooler = CMTLayerPooler(config.num_cross_layers) if config.pooling == "layer_pooler" else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_model.get_input_embeddings() if self.text_model is not None else None
+
+    def project_text(self, text_states: torch.Tensor) -> torch.Tensor:
+        """Maps text-tower states into the audio width (identity when the widths already match)."""
+        return self.text_projection(text_states) if self.text_projection is not None else text_states
+
+    def min_input_samples(self) -> int:
+        """The shortest audio (in samples) that the audio tower's convolutional front end turns into one frame."""
+        audio_config = self.config.audio_config
+        return _min_input_samples(audio_config.conv_kernel, audio_config.conv_stride)
+
+    def _check_inputs(self, input_values, audio_attention_mask, input_ids, attention_mask):
+        batch_sizes = {}
+        if self.audio_model is not None:
+            if input_values is None:
+                raise ValueError(
+                    f"modality={self.config.modality!r} needs `input_values` (raw 16 kHz audio of shape (batch, samples)"
+                    "); CMTProcessor builds them from arrays or files."
+                )
+            if input_values.dim() != 2 or not torch.is_floating_point(input_values):
+                raise ValueError(
+                    f"`input_values` must be a float tensor of shape (batch, samples), got {input_values.dtype} of "
+                    f"shape {tuple(input_values.shape)}; CMTProcessor converts, downmixes and resamples audio."
+                )
+            if audio_attention_mask is not None and audio_attention_mask.shape != input_values.shape:
+                raise ValueError(
+                    f"`audio_attention_mask` has shape {tuple(audio_attention_mask.shape)} but `input_values` has "
+                    f"{tuple(input_values.shape)}; they must match (one entry per sample)."
+                )
+            lengths = audio_attention_mask.sum(-1) if audio_attention_mask is not None else None
+            shortest = int(lengths.min()) if lengths is not None else input_values.shape[1]
+            if shortest < self.min_input_samples():
+                item = int(lengths.argmin()) if lengths is not None else 0
+                raise ValueError(
+                    f"Audio item {item} has {shortest} samples, but the audio tower's convolutional front end needs at "
+                    f"least {self.min_input_samples()} ({1000 * self.min_input_samples() / 16000:.0f} ms at 16 kHz). "
+                    "Pad it or leave it out."
+                )
+            if not torch.isfinite(input_values).all():
+                item = int((~torch.isfinite(input_values)).any(-1).nonzero()[0])
+                raise ValueError(f"Audio item {item} contains NaN or Inf samples.")
+            batch_sizes["input_values"] = input_values.shape[0]
+        if self.text_model is not None:
+            if input_ids is None:
+                raise ValueError(
+                    f"modality={self.config.modality!r} needs `input_ids` (the tokenized transcript); CMTProcessor "
+                    "tokenizes text."
+                )
+            if input_ids.dim() != 2:
+                raise ValueError(f"`input_ids` must have shape (batch, tokens), got {tuple(input_ids.shape)}.")
+            if attention_mask is not None:
+                if attention_mask.shape != input_ids.shape:
+                    raise ValueError(
+                        f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has "
+                        f"{tuple(input_ids.shape)}."
+                    )
+                if (attention_mask.sum(-1) == 0).any():
+                    item = int((attention_mask.sum(-1) == 0).nonzero()[0])
+                    raise ValueError(f"Text item {item} has no unmasked token; a transcript needs at least <s>.")
+            vocab_size = self.config.text_config.vocab_size
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+                raise ValueError(
+                    f"`input_ids` hold ids outside the text tower's vocabulary [0, {vocab_size}); was the text "
+                    "tokenized with this model's tokenizer?"
+                )
+            batch_sizes["input_ids"] = input_ids.shape[0]
+        if len(set(batch_sizes.values())) > 1:
+            raise ValueError(f"Audio and text batch sizes differ: {batch_sizes}. Pass one transcript per audio item.")
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CMTModelOutput | tuple:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, samples)`):
+            Raw 16 kHz audio, normalised as the feature extractor does.
+        audio_attention_mask (`torch.LongTensor` of shape `(batch_size, samples)`, *optional*):
+            1 for real samples, 0 for padding; converted to frames with the tower's convolution output lengths.
+        input_ids (`torch.LongTensor` of shape `(batch_size, tokens)`):
+            Transcript token ids.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
+            1 for real tokens, 0 for padding (padded tokens are masked in cross-attention and pooling).
+        mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+            Frames to replace with the tower's mask embedding (masked acoustic unit prediction).
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_inputs(input_values, audio_attention_mask, input_ids, attention_mask)
+
+        text_states = text_pooled = text_first = None
+        if self.text_model is not None:
+            text_states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            text_pooled = masked_mean(text_states, attention_mask)  # (batch, text_hidden)
+            text_first = text_states[:, 0]  # (batch, text_hidden)
+
+        audio_states = audio_pooled = frame_mask = None
+        hidden_states = attentions = cross_attentions = pooler_weights = None
+        if self.audio_model is not None:
+            input_values = input_values.to(self.audio_model.dtype)
+            audio_states = self.audio_model(
+                input_values, attention_mask=audio_attention_mask, mask_time_indices=mask_time_indices
+            ).last_hidden_state  # (batch, frames, hidden)
+            if audio_attention_mask is not None:
+                frame_mask = self.audio_model._get_feature_vector_attention_mask(
+                    audio_states.shape[1], audio_attention_mask
+                )  # (batch, frames)
+            hidden_states = (audio_states,)
+            if self.encoder is not None:
+                hidden_states, attentions, cross_attentions = self.encoder(
+                    audio_states, frame_mask, self.project_text(text_states), attention_mask, output_attentions
+                )
+            if self.layer_pooler is not None:
+                audio_representation, pooler_weights = self.layer_pooler(hidden_states[1:])
+            else:
+                audio_representation = hidden_states[self.config.cross_hidden_state_index]
+            audio_states = hidden_states[-1]
+            audio_pooled = masked_mean(audio_representation, frame_mask)  # (batch, hidden)
+
+        output = CMTModelOutput(
+            last_hidden_state=audio_states,
+            audio_pooled_output=audio_pooled,
+            text_last_hidden_state=text_states,
+            text_pooled_output=text_pooled,
+            text_first_token_output=text_first,
+            audio_frame_mask=frame_mask,
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=attentions,
+            cross_attentions=cross_attentions,
+            layer_pooler_weights=pooler_weights,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CMTForSequenceClassification(CMTPreTrainedModel):
+    """
+    CMT with a classification / regression head on h_fuse = h̄_a ⊕ h_w0 (paper eq. 6) and the orthogonality
+    regulariser `L_FT = L_task + α · L_ortho` (eq. 7-8). `num_cross_layers=0` is Shallow-Fusion; `modality="audio"` /
+    `"text"` are the HuBERT-only / RoBERTa-only baselines (the head then reads h̄_a / h_w0 alone).
+    """
+
+    def __init__(self, config: CMTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.cmt = CMTModel(config)
+        fused_size = {
+            "both": config.audio_config.hidden_size + config.text_config.hidden_size,
+            "audio": config.audio_config.hidden_size,
+            "text": config.text_config.hidden_size,
+        }[config.modality]
+        self.classifier = CMTClassificationHead(fused_size, config.num_labels, config.classifier_dropout)
+        self.post_init()
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        problem_type = self.config.problem_type
+        if labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"Got {labels.shape[0]} labels for a batch of {logits.shape[0]} items.")
+        if problem_type == "regression":
+            if not torch.isfinite(labels).all():
+                raise ValueError("Regression labels contain NaN or Inf.")
+            return nn.functional.mse_loss(
+                logits.squeeze(-1), labels.to(logits.dtype).view(logits.shape[0], -1).squeeze(-1)
+            )
+        if problem_type == "single_label_classification":
+            if torch.is_floating_point(labels) or labels.min() < 0 or labels.max() >= self.num_labels:
+                raise ValueError(
+                    f"Classification labels must be integer class ids in [0, {self.num_labels}) for this head; got "
+                    f"values from {labels.min().item()} to {labels.max().item()}. Check `num_labels` / `label2id`."
+                )
+            return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if labels.shape != logits.shape:
+            raise ValueError(f"Multi-label targets must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}.")
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CMTSequenceClassifierOutput | tuple:
+        r"""
+        labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
+            Class ids (cross-entropy), floats with `num_labels=1` (MSE, e.g. CMU-MOSEI sentiment), or multi-hot
+            targets (BCE).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.cmt(
+            input_values=input_values,
+            audio_attention_mask=audio_attention_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        parts = [outputs.audio_pooled_output, outputs.text_first_token_output]
+        fused = torch.cat([part for part in parts if part is not None], dim=-1)  # (batch, fused_size)
+        logits = self.classifier(fused)
+
+        ortho_loss = None
+        if self.config.modality == "both":
+            ortho_loss = orthogonality_loss(
+                outputs.audio_pooled_output, self.cmt.project_text(outputs.text_pooled_output)
+            )
+        loss = task_loss = None
+        if labels is not None:
+            task_loss = self._task_loss(logits, labels)
+            loss = task_loss
+            if ortho_loss is not None and self.config.ortho_weight > 0:
+                loss = task_loss + self.config.ortho_weight * ortho_loss
+
+        output = CMTSequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            task_loss=task_loss,
+            ortho_loss=ortho_loss,
+            fused_output=fused,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+            layer_pooler_weights=outputs.layer_pooler_weights,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CMTForPreTraining(CMTPreTrainedModel):
+    """
+    CMT with the self-supervised cross-modal pretraining heads: masked acoustic unit prediction conditioned on the
+    transcript (k-means units of the audio tower's `codebook_layer` features, stored in the `codebook` buffer), masked
+    language modelling on the text tower (a RoBERTa LM head tied to the word embeddings) and optional audio–text
+    matching from h_fuse. Each loss has a config weight; a weight of 0 switches it off.
+    """
+
+    _tied_weights_keys = {
+        "mlm_head.decoder.weight": "cmt.text_model.embeddings.word_embeddings.weight",
+        "mlm_head.decoder.bias": "mlm_head.bias",
+    }
+
+    def __init__(self, config: CMTConfig):
+        super().__init__(config)
+        if config.modality != "both":
+            raise ValueError(f"Cross-modal pretraining needs modality='both', got {config.modality!r}.")
+        audio_config = config.audio_config
+        if config.unit_loss_weight > 0 and not (
+            getattr(audio_config, "apply_spec_augment", True) and audio_config.mask_time_prob > 0
+        ):
+            raise ValueError(
+                "Masked acoustic unit prediction masks frames with the audio tower's mask embedding, which exists "
+                "only when `audio_config.apply_spec_augment=True` and `audio_config.mask_time_prob > 0`; set them or "
+                "`unit_loss_weight=0`."
+            )
+        self.cmt = CMTModel(config)
+        if not hasattr(getattr(self.cmt.text_model, "embeddings", None), "word_embeddings"):
+            raise ValueError(
+                "The MLM head is tied to `embeddings.word_embeddings`: use a BERT/RoBERTa-family text tower."
+            )
+        audio_width = audio_config.hidden_size
+        self.unit_head = nn.Linear(audio_width, config.codebook_size)
+        self.mlm_head = RobertaLMHead(config.text_config)
+        self.matching_head = nn.Linear(audio_width + config.text_config.hidden_size, 2)
+        self.register_buffer("codebook", torch.zeros(config.codebook_size, audio_width))  # (units, hidden)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.mlm_head.decoder = new_embeddings
+
+    @property
+    def codebook_is_fitted(self) -> bool:
+        return bool(self.codebook.abs().sum() > 0)
+
+    def set_codebook(self, centroids: torch.Tensor):
+        """Stores k-means centroids of shape `(codebook_size, audio_hidden_size)` as the unit codebook."""
+        expected = tuple(self.codebook.shape)
+        centroids = torch.as_tensor(centroids)
+        if tuple(centroids.shape) != expected or not torch.isfinite(centroids).all():
+            raise ValueError(
+                f"Codebook centroids must be a finite tensor of shape {expected} (codebook_size, audio width), got "
+                f"shape {tuple(centroids.shape)}."
+            )
+        with torch.no_grad():
+            self.codebook.copy_(centroids.to(self.codebook))
+
+    @torch.no_grad()
+    def compute_unit_features(
+        self, input_values: torch.Tensor, audio_attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        The unmasked audio tower's hidden state at `config.codebook_layer`, `(batch, frames, hidden)`, and the frame
+        mask: the features the codebook is fitted on and units are assigned from. Runs the tower in eval mode (no
+        SpecAugment, dropout or layerdrop).
+        """
+        audio_model = self.cmt.audio_model
+        was_training = audio_model.training
+        audio_model.eval()
+        try:
+            outputs = audio_model(
+                input_values.to(audio_model.dtype), attention_mask=audio_attention_mask, output_hidden_states=True
+            )
+        finally:
+            audio_model.train(was_training)
+        features = outputs.hidden_states[self.config.codebook_layer]
+        frame_mask = None
+        if audio_attention_mask is not None:
+            frame_mask = audio_model._get_feature_vector_attention_mask(features.shape[1], audio_attention_mask)
+        return features, frame_mask
+
+    @torch.no_grad()
+    def assign_units(self, features: torch.Tensor) -> torch.LongTensor:
+        """Nearest-centroid unit ids, `(batch, frames)`, for features of shape `(batch, frames, hidden)`."""
+        if not self.codebook_is_fitted:
+            raise ValueError(
+                "The unit codebook has not been fitted: run `examples/fit_codebook.py` (or call `set_codebook`) "
+                "before pretraining with unit_loss_weight > 0."
+            )
+        distances = torch.cdist(features.float(), self.codebook.float().unsqueeze(0))  # (batch, frames, units)
+        return distances.argmin(dim=-1)
+
+    def _mask_frames(self, batch_size: int, frames: int, frame_mask: torch.Tensor | None, device) -> torch.Tensor:
+        if frames < self.config.unit_mask_length:
+            raise ValueError(
+                f"The audio gives {frames} frames, fewer than unit_mask_length={self.config.unit_mask_length}: use "
+                "longer utterances or a shorter mask span."
+            )
+        mask = _compute_mask_indices(
+            (batch_size, frames),
+            mask_prob=self.config.unit_mask_prob,
+            mask_length=self.config.unit_mask_length,
+            attention_mask=frame_mask.long() if frame_mask is not None else None,
+            min_masks=1,
+        )
+        return torch.as_tensor(mask, dtype=torch.bool, device=device)
+
+    def _matching_pairs(self, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A permutation of the batch's transcripts that rotates a random half of the items among themselves (so
+        every transcript is still used once) and the labels: 1 = the audio keeps its own transcript."""
+        shuffled = (torch.rand(batch_size) < 0.5).nonzero().flatten()
+        permutation = torch.arange(batch_size)
+        if len(shuffled) >= 2:
+            permutation[shuffled] = shuffled.roll(1)
+        labels = (permutation == torch.arange(batch_size)).long()
+        return permutation.to(device), labels.to(device)
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        unit_labels: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> CMTForPreTrainingOutput | tuple:
+        r"""
+        mlm_labels (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
+            Original ids at the tokens masked in `input_ids` and -100 elsewhere (as `DataCollatorForLanguageModeling`
+            makes them); the MLM loss is computed when given.
+        unit_labels (`torch.LongTensor` of shape `(batch_size, frames)`, *optional*):
+            Precomputed unit targets; by default they are assigned from the codebook on the unmasked audio.
+        mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+            Frames to mask; by default spans are drawn with `unit_mask_prob` / `unit_mask_length`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        if input_values is None or input_ids is None:
+            raise ValueError("Pretraining needs both `input_values` and `input_ids` (paired audio and transcript).")
+        batch_size = input_values.shape[0]
+
+        compute_units = config.unit_loss_weight > 0
+        if compute_units:
+            self.cmt._check_inputs(input_values, audio_attention_mask, input_ids, attention_mask)
+            if unit_labels is None:
+                features, frame_mask = self.compute_unit_features(input_values, audio_attention_mask)
+                unit_labels = self.assign_units(features)  # (batch, frames)
+            else:
+                frames = int(self.cmt.audio_model._get_feat_extract_output_lengths(input_values.shape[1]))
+                frame_mask = (
+                    self.cmt.audio_model._get_feature_vector_attention_mask(frames, audio_attention_mask)
+                    if audio_attention_mask is not None
+                    else None
+                )
+                if unit_labels.shape != (batch_size, frames):
+                    raise ValueError(
+                        f"`unit_labels` must have shape {(batch_size, frames)}, got {tuple(unit_labels.shape)}."
+                    )
+            if mask_time_indices is None:
+                mask_time_indices = self._mask_frames(
+                    batch_size, unit_labels.shape[1], frame_mask, input_values.device
+                )
+
+        matching_labels = None
+        if config.matching_loss_weight > 0 and batch_size >= 2:
+            permutation, matching_labels = self._matching_pairs(batch_size, input_ids.device)
+            input_ids = input_ids[permutation]
+            attention_mask = attention_mask[permutation] if attention_mask is not None else None
+            mlm_labels = mlm_labels[permutation] if mlm_labels is not None else None
+
+        outputs = self.cmt(
+            input_values=input_values,
+            audio_attention_mask=audio_attention_mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mask_time_indices=mask_time_indices,
+            return_dict=True,
+        )
+
+        losses = {}
+        unit_logits = mlm_logits = matching_logits = None
+        if compute_units:
+            unit_logits = self.unit_head(outputs.last_hidden_state)  # (batch, frames, units)
+            scored = mask_time_indices.clone()
+            if outputs.audio_frame_mask is not None:
+                scored &= outputs.audio_frame_mask
+            if matching_labels is not None:
+                scored &= matching_labels.bool()[:, None]  # units are predicted only where the transcript is right
+            if scored.any():
+                losses["unit"] = nn.functional.cross_entropy(unit_logits[scored], unit_labels[scored])
+            else:
+                losses["unit"] = unit_logits.sum() * 0.0
+        if config.mlm_loss_weight > 0 and mlm_labels is not None:
+            masked = mlm_labels != -100  # (batch, tokens)
+            mlm_logits = self.mlm_head(outputs.text_last_hidden_state[masked])  # (masked_tokens, vocab)
+            losses["mlm"] = (
+                nn.functional.cross_entropy(mlm_logits, mlm_labels[masked]) if masked.any() else mlm_logits.sum() * 0.0
+            )
+        if matching_labels is not None:
+            fused = torch.cat([outputs.audio_pooled_output, outputs.text_first_token_output], dim=-1)
+            matching_logits = self.matching_head(fused)  # (batch, 2)
+            losses["matching"] = nn.functional.cross_entropy(matching_logits, matching_labels)
+
+        weights = {
+            "unit": config.unit_loss_weight,
+            "mlm": config.mlm_loss_weight,
+            "matching": config.matching_loss_weight,
+        }
+        loss = sum(weights[name] * value for name, value in losses.items()) if losses else None
+        output = CMTForPreTrainingOutput(
+            loss=loss,
+            unit_loss=losses.get("unit"),
+            mlm_loss=losses.get("mlm"),
+            matching_loss=losses.get("matching"),
+            unit_logits=unit_logits,
+            unit_labels=unit_labels,
+            mask_time_indices=mask_time_indices,
+            mlm_logits=mlm_logits,
+            matching_logits=matching_logits,
+            matching_labels=matching_labels,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "CMTForPreTraining",
+    "CMTForSequenceClassification",
+    "CMTModel",
+    "CMTPreTrainedModel",
+    "masked_mean",
+    "orthogonality_loss",
+]

@@ -1,0 +1,97 @@
+"""CMTProcessor: audio conversion (rate, dtype, channels), separate masks, text handling, errors."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+from transformers import Wav2Vec2FeatureExtractor
+
+from modeling_cmt import CMTProcessor
+
+
+@pytest.fixture
+def raw_processor(tokenizer):
+    """No normalisation, so sample values can be checked one to one."""
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False)
+    return CMTProcessor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def test_single_item_gives_separate_audio_and_text_masks(processor, tokenizer):
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    inputs = processor(audio=audio, text="Excuse me.", sampling_rate=16000)
+    assert set(inputs) == {"input_values", "audio_attention_mask", "input_ids", "attention_mask"}
+    assert inputs["input_values"].shape == inputs["audio_attention_mask"].shape == (1, 16000)
+    assert inputs["input_ids"].shape == inputs["attention_mask"].shape
+    assert inputs["input_ids"].shape[1] < 16000 and inputs["attention_mask"].sum() == inputs["input_ids"].shape[1]
+    assert tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True) == "Excuse me."
+    normalised = inputs["input_values"][0]
+    assert abs(float(normalised.mean())) < 1e-3 and abs(float(normalised.std()) - 1) < 1e-2
+
+
+def test_batch_of_mixed_lengths_is_padded_with_masks(raw_processor):
+    audio = [np.full(100, 0.5, np.float32), np.full(300, -0.25, np.float32)]
+    inputs = raw_processor(audio=audio, text=["Hi.", "Excuse me, where is the station?"], sampling_rate=16000)
+    assert inputs["input_values"].shape == (2, 300)
+    assert inputs["audio_attention_mask"].sum(-1).tolist() == [100, 300]
+    assert torch.all(inputs["input_values"][0, 100:] == 0) and torch.all(inputs["input_values"][0, :100] == 0.5)
+    assert inputs["attention_mask"].sum(-1).tolist()[0] < inputs["attention_mask"].sum(-1).tolist()[1]
+
+
+def test_int16_is_scaled_to_float(raw_processor):
+    samples = np.array([0, 16384, -32768, 32767] * 50, dtype=np.int16)
+    inputs = raw_processor(audio=samples, sampling_rate=16000)
+    expected = torch.tensor([0.0, 0.5, -1.0, 32767 / 32768] * 50)
+    torch.testing.assert_close(inputs["input_values"][0], expected)
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_multichannel_audio_is_downmixed(raw_processor, layout):
+    left, right = np.linspace(-1, 1, 500, dtype=np.float32), np.full(500, 0.5, np.float32)
+    stereo = np.stack([left, right]) if layout == "channels_first" else np.stack([left, right], axis=1)
+    inputs = raw_processor(audio=stereo, sampling_rate=16000)
+    torch.testing.assert_close(inputs["input_values"][0], torch.from_numpy((left + right) / 2))
+
+
+def test_other_sampling_rates_are_resampled_with_torchaudio(raw_processor):
+    audio = np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000).astype(np.float32)
+    inputs = raw_processor(audio=torch.from_numpy(audio), sampling_rate=8000)
+    expected = torchaudio.functional.resample(torch.from_numpy(audio), 8000, 16000)
+    assert inputs["input_values"].shape == (1, 16000)
+    torch.testing.assert_close(inputs["input_values"][0], expected)
+
+
+def test_long_text_is_truncated_with_a_warning(processor, caplog):
+    with caplog.at_level(logging.WARNING):
+        inputs = processor(text=["word " * 400, "short"], max_text_length=32)
+    assert inputs["input_ids"].shape == (2, 32)
+    assert "Transcripts [0] are longer than 32 tokens" in caplog.text
+
+
+def test_save_and_load_round_trip(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    loaded = CMTProcessor.from_pretrained(tmp_path)
+    audio = np.random.default_rng(1).standard_normal(4000).astype(np.float32)
+    expected, actual = processor(audio=audio, text="Hi."), loaded(audio=audio, text="Hi.")
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"audio": np.zeros(0, np.float32)}, "Audio item 0 is empty"),
+        ({"audio": np.array([0.0, np.nan, 0.0] * 100, np.float32)}, "Audio item 0 contains NaN"),
+        ({"audio": [np.zeros(400, np.float32), np.zeros((300, 300), np.float32)]}, "Audio item 1 has shape"),
+        ({"audio": np.array(["a", "b"])}, "expected numeric samples"),
+        ({"text": ["fine", 3]}, "Transcript 1 must be a string, got int"),
+        ({"audio": [np.zeros(400, np.float32)] * 2, "text": ["one"]}, "2 audio items but 1 transcripts"),
+        ({}, "needs `audio`, `text` or both"),
+        ({"audio": np.zeros(400, np.float32), "sampling_rate": 0}, "must be positive"),
+    ],
+)
+def test_bad_input_is_named(processor, kwargs, message):
+    kwargs = {"sampling_rate": 16000, **kwargs} if "audio" in kwargs else kwargs
+    with pytest.raises(ValueError, match=message):
+        processor(**kwargs)
