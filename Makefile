@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg espeak-ng
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv test lint smoke demo
+.PHONY: help system-deps venv test lint quickstart demo
 
 help:
 	@echo "make demo   - run the main job on the embedded data (installs what it needs)"
@@ -44,7 +44,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-smoke: venv
-	$(PY) -m modeling_cmt.smoke
+quickstart: venv
+	$(PY) examples/quickstart.py --output_dir demo_output/quickstart
 
-demo: smoke
+# The main job. Until the full paper demo lands it is the end-to-end quickstart.
+demo: quickstart
