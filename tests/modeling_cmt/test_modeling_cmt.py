@@ -83,7 +83,7 @@ def test_output_shapes_for_every_modality(make_batch, modality, num_cross_layers
     if modality == "text":
         assert model.cmt.audio_model is None and base.last_hidden_state is None
     else:
-        frames = batch["input_values"].shape[1] // 80 - 1  # tiny front end: stride 80, receptive field 85
+        frames = (batch["input_values"].shape[1] - 325) // 320 + 1  # tiny front end: stride 320, receptive field 325
         assert base.last_hidden_state.shape == (3, frames, 32)
         assert base.audio_pooled_output.shape == (3, 32)
         assert base.audio_frame_mask.shape == (3, frames)
@@ -101,7 +101,7 @@ def test_pretraining_outputs_and_losses(make_batch):
     batch = make_batch()
     input_ids, mlm_labels = mlm_inputs(batch)
     outputs = model(**{**batch, "input_ids": input_ids}, mlm_labels=mlm_labels)
-    frames = batch["input_values"].shape[1] // 80 - 1
+    frames = (batch["input_values"].shape[1] - 325) // 320 + 1
     assert outputs.unit_logits.shape == (3, frames, 16)
     assert outputs.unit_labels.shape == outputs.mask_time_indices.shape == (3, frames)
     assert outputs.mlm_logits.shape == (int((mlm_labels != -100).sum()), 1000)
@@ -463,7 +463,7 @@ def tiny_model():
 
 def test_audio_shorter_than_the_front_end_is_rejected(tiny_model, make_batch):
     batch = make_batch(lengths=(8000, 60))
-    with pytest.raises(ValueError, match="Audio item 1 has 60 samples.*at least 85"):
+    with pytest.raises(ValueError, match="Audio item 1 has 60 samples.*at least 325"):
         tiny_model(**batch)
 
 
