@@ -1,0 +1,257 @@
+"""Fine-tune CMT (or one of the paper's baselines) for emotion recognition or sentiment analysis.
+
+The same script runs every row of the paper's Tables 1, 2 and 4:
+
+    # CMT on IEMOCAP, all five leave-one-session-out folds, from a pretrained CMT checkpoint
+    accelerate launch examples/run_finetune.py --task iemocap --data_dir IEMOCAP_full_release --test_fold all \
+        --model_name_or_path runs/pretrain --output_dir runs/iemocap-cmt
+    # baselines through the same code: --modality audio (HuBERT), --modality text (RoBERTa), --num_cross_layers 0
+    # (Shallow-Fusion), starting from the towers:
+    accelerate launch examples/run_finetune.py --task mosei --data_dir CMU_MOSEI --num_cross_layers 0 \
+        --audio_model_name_or_path facebook/hubert-base-ls960 --text_model_name_or_path FacebookAI/roberta-base \
+        --output_dir runs/mosei-shallow
+    # on the embedded synthetic corpus, tiny random towers, CPU, minutes:
+    python examples/run_finetune.py --task synthetic_emotion --preset tiny --test_fold 1 --output_dir runs/synthetic
+
+Arguments may also come from one JSON file: `python examples/run_finetune.py config.json`. Every run writes
+`results.json` with the test metrics and a protocol card (corpus, split, metric variants, checkpoint selection, seed,
+versions, commit); a multi-fold run adds the mean ± std over folds.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import transformers
+from cmt_training import (
+    AudioTextCollator,
+    CMTTrainer,
+    CMTTrainingArguments,
+    DataArguments,
+    ModelArguments,
+    aggregate,
+    build_model,
+    build_processor,
+    check_output_dir,
+    compute_task_metrics,
+    environment_card,
+    flat_metrics,
+    get_task,
+    label_names,
+    last_complete_checkpoint,
+    load_corpus,
+    make_compute_metrics,
+    parameter_checksum,
+    prepare_split,
+    resolve_folds,
+    task_splits,
+    write_json,
+)
+from model_card import push_or_explain, write_model_card
+from transformers import HfArgumentParser, set_seed
+
+from modeling_cmt import CMTForSequenceClassification
+
+
+logger = logging.getLogger(__name__)
+
+
+def run_fold(fold, task, corpus, model_args, data_args, training_args, output_dir: Path) -> dict:
+    started = time.time()
+    training_args.output_dir = str(output_dir)
+    set_seed(training_args.seed)
+
+    # Data: the fold's splits, decoded and resampled once
+    splits = task_splits(task, corpus, fold)
+    if data_args.train_fraction < 1.0:
+        keep = max(1, int(round(len(splits["train"]) * data_args.train_fraction)))
+        splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(range(keep))
+    names = label_names(task, splits["train"])
+    with training_args.main_process_first(desc="decoding audio"):
+        prepared = {
+            name: prepare_split(
+                split, task.label_column, data_args.max_audio_seconds, data_args.preprocessing_num_workers
+            )
+            for name, split in splits.items()
+        }
+    logger.info(f"fold {fold}: " + ", ".join(f"{name} {len(split)}" for name, split in prepared.items()))
+
+    # Model and processor
+    processor = build_processor(model_args, prepared["train"]["text"], output_dir)
+    label_kwargs = {"num_labels": 1, "problem_type": "regression"}
+    if names is not None:
+        label_kwargs = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: index for index, name in enumerate(names)},
+            "problem_type": "single_label_classification",
+        }
+    model = build_model(CMTForSequenceClassification, model_args, processor, **label_kwargs)
+    if model.config.num_labels != label_kwargs["num_labels"]:
+        raise ValueError(
+            f"The model has {model.config.num_labels} labels but the task has {label_kwargs['num_labels']}; pass "
+            "--ignore_mismatched_sizes to replace the head."
+        )
+
+    # Trainer
+    trainer = CMTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared["train"],
+        eval_dataset=prepared["validation"],
+        data_collator=AudioTextCollator(processor, regression=task.problem == "regression"),
+        compute_metrics=make_compute_metrics(task, names),
+        processing_class=processor,
+    )
+
+    # Training
+    resume = training_args.resume_from_checkpoint
+    if resume in ("True", "true", "auto", True):
+        resume = last_complete_checkpoint(output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir))
+    checksum = parameter_checksum(trainer.model)
+    logger.warning(f"[rank {training_args.process_index}] parameter checksum: {checksum:.12e}")
+
+    # Test on the held-out split with the selected checkpoint
+    prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    metrics = compute_task_metrics(task, logits, prediction.label_ids, names)
+    by_item_type = {}
+    if "item_type" in prepared["test"].column_names:
+        item_types = np.asarray(prepared["test"]["item_type"])
+        for item_type in sorted(set(item_types)):
+            selected = item_types == item_type
+            by_item_type[item_type] = flat_metrics(
+                compute_task_metrics(task, logits[selected], prediction.label_ids[selected], names)
+            )
+    best_validation = trainer.state.best_metric
+    result = {
+        "fold": fold,
+        "metrics": metrics,
+        "flat_metrics": flat_metrics(metrics),
+        "by_item_type": by_item_type,
+        "validation": {"best_metric": best_validation, "best_checkpoint": trainer.state.best_model_checkpoint},
+        "data": {
+            name: {
+                "rows": len(split),
+                **{
+                    f"{column}s": sorted(map(str, set(split[column])))
+                    for column in ("speaker", "session")
+                    if column in split.column_names
+                },
+            }
+            for name, split in prepared.items()
+        },
+        "log_history": trainer.state.log_history,
+        "parameter_checksum": checksum,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    if trainer.is_world_process_zero():
+        write_json(output_dir / "results.json", result)
+    return result
+
+
+def main():
+    # Arguments: command line, or one JSON file
+    parser = HfArgumentParser((ModelArguments, DataArguments, CMTTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=sys.argv[1])
+    else:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+
+    # Logging
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logging.getLogger("cmt_training").setLevel(log_level)
+
+    # Protocol
+    task = get_task(data_args)
+    folds = resolve_folds(task, data_args.test_fold)
+    check_output_dir(training_args)
+    if training_args.metric_for_best_model == "task":
+        training_args.metric_for_best_model = task.best_metric
+        training_args.greater_is_better = task.greater_is_better
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    output_dir = Path(training_args.output_dir)
+    protocol = {
+        "task": data_args.task,
+        "corpus": task.corpus,
+        "description": task.description,
+        "folds": folds,
+        "split": "leave-one-session-out, validation = next session"
+        if task.folds
+        else "standard train/validation/test",
+        "train_fraction": data_args.train_fraction,
+        "checkpoint_selection": (
+            f"best validation {task.best_metric} ({'max' if task.greater_is_better else 'min'}), evaluated every "
+            f"{training_args.eval_strategy.value if hasattr(training_args.eval_strategy, 'value') else training_args.eval_strategy}"
+        ),
+        "metric_variants": (
+            {
+                "acc7": "round(clip(x, -3, 3)) (MulT/MMSA); acc7_sdk also reported",
+                "acc2": "has0 and non0 both reported",
+            }
+            if task.problem == "regression"
+            else {"wa": "overall accuracy", "ua": "mean per-class recall", "binary": "MulT one-vs-rest from 4-class"}
+        ),
+        "seed": training_args.seed,
+        "model": {k: v for k, v in vars(model_args).items() if v is not None},
+        "training": {
+            "learning_rate": training_args.learning_rate,
+            "tower_learning_rate": training_args.tower_learning_rate,
+            "cross_learning_rate": training_args.cross_learning_rate,
+            "epochs": training_args.num_train_epochs,
+            "max_steps": training_args.max_steps,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "world_size": training_args.world_size,
+            "train_sampling_strategy": training_args.train_sampling_strategy,
+        },
+        **environment_card(),
+    }
+
+    # Data
+    corpus = load_corpus(task, data_args)
+
+    # Train and test every fold
+    results = []
+    for fold in folds:
+        fold_dir = output_dir / f"fold_{fold}" if fold is not None else output_dir
+        results.append(run_fold(fold, task, corpus, model_args, data_args, training_args, fold_dir))
+
+    # Results: per fold and mean ± std
+    summary = {
+        "protocol": protocol,
+        "aggregate": aggregate([result["flat_metrics"] for result in results]),
+        "aggregate_by_item_type": {
+            item_type: aggregate([result["by_item_type"][item_type] for result in results])
+            for item_type in (results[0]["by_item_type"] if results else {})
+        },
+        "folds": [{k: v for k, v in result.items() if k != "log_history"} for result in results],
+    }
+    if training_args.process_index == 0:
+        write_json(output_dir / "results.json", summary)
+        headline = task.best_metric
+        logger.warning(
+            f"{data_args.task}: test {headline} = {summary['aggregate'][headline]['mean']:.4f} ± "
+            f"{summary['aggregate'][headline]['std']:.4f} over {len(results)} fold(s); results in {output_dir}/results.json"
+        )
+        # Model card (and push) for the last fold's model folder
+        card_dir = output_dir / f"fold_{folds[-1]}" if folds[-1] is not None else output_dir
+        write_model_card(card_dir, summary, hub_model_id=training_args.hub_model_id)
+        if push_to_hub:
+            push_or_explain(card_dir, training_args.hub_model_id, training_args.hub_token)
+
+
+if __name__ == "__main__":
+    main()

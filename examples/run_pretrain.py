@@ -1,0 +1,198 @@
+"""Stage-wise self-supervised cross-modal pretraining of CMT, and task-adaptive pretraining (TAPT).
+
+Losses (each with a config weight, each logged separately): masked acoustic unit prediction conditioned on the
+transcript (targets from the k-means codebook that `fit_codebook.py` stores in the checkpoint), masked language
+modelling on the text tower, and optional audio–text matching.
+
+- Stage 1: both towers frozen; the cross-modal layers and the heads train.
+- Stage 2: everything trains, the towers at `--tower_learning_rate` (default: a tenth of `--learning_rate`).
+- `--stage both` runs stage 1 then stage 2 (outputs in `stage1/`, `stage2/`, the final model at the top).
+
+    python examples/fit_codebook.py --audio_model_name_or_path facebook/hubert-base-ls960 \
+        --text_model_name_or_path FacebookAI/roberta-base --task audio_text_pairs --data_dir my_pairs \
+        --output_dir runs/codebook
+    accelerate launch examples/run_pretrain.py --model_name_or_path runs/codebook --task audio_text_pairs \
+        --data_dir my_pairs --stage both --num_train_epochs 10 --output_dir runs/pretrain
+    # streaming a large corpus (no second copy on disk): add --streaming --max_steps 100000
+
+TAPT is the same script pointed at a task's training split (labels unused; the fold's test sessions are never seen):
+
+    accelerate launch examples/run_pretrain.py --model_name_or_path runs/pretrain --task iemocap \
+        --data_dir IEMOCAP_full_release --test_fold 1 --stage 2 --output_dir runs/tapt-iemocap-fold1
+"""
+
+import itertools
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from cmt_training import (
+    CMTTrainer,
+    CMTTrainingArguments,
+    DataArguments,
+    ModelArguments,
+    PretrainingCollator,
+    build_model,
+    build_processor,
+    check_output_dir,
+    environment_card,
+    last_complete_checkpoint,
+    load_pretraining_corpus,
+    parameter_checksum,
+    prepare_split,
+    write_json,
+)
+from datasets import IterableDataset
+from transformers import HfArgumentParser, set_seed
+
+from modeling_cmt import CMTForPreTraining
+
+
+logger = logging.getLogger(__name__)
+
+STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
+
+
+@dataclass
+class PretrainingArguments:
+    stage: str = field(default="both", metadata={"help": "1 (towers frozen), 2 (all unfrozen) or both (1 then 2)."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for MLM."})
+    unit_loss_weight: float | None = field(default=None, metadata={"help": "Masked acoustic unit prediction weight."})
+    mlm_loss_weight: float | None = field(default=None, metadata={"help": "Masked language modelling weight."})
+    matching_loss_weight: float | None = field(default=None, metadata={"help": "Audio–text matching weight."})
+
+
+@dataclass
+class CMTPretrainingArguments(CMTTrainingArguments):
+    """Pretraining has no validation split: no evaluation, the final model is the result."""
+
+    eval_strategy: str = field(default="no", metadata={"help": "When to evaluate (pretraining has no metric)."})
+    load_best_model_at_end: bool = field(default=False, metadata={"help": "Keep the last model."})
+    metric_for_best_model: str | None = field(default=None, metadata={"help": "Unused in pretraining."})
+
+
+def main():
+    # Arguments: command line, or one JSON file
+    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, CMTPretrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        model_args, data_args, pretraining_args, training_args = parser.parse_json_file(json_file=sys.argv[1])
+    else:
+        model_args, data_args, pretraining_args, training_args = parser.parse_args_into_dataclasses()
+
+    # Logging
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+    # Protocol checks
+    if pretraining_args.stage not in STAGES:
+        raise ValueError(f"--stage must be one of {list(STAGES)}, got {pretraining_args.stage!r}.")
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("A streamed corpus has no length: pass --max_steps to say how long to pretrain.")
+    check_output_dir(training_args)
+    if training_args.tower_learning_rate is None:
+        training_args.tower_learning_rate = training_args.learning_rate * 0.1
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    started = time.time()
+
+    # Data
+    corpus = load_pretraining_corpus(data_args)
+    with training_args.main_process_first(desc="decoding audio"):
+        prepared = prepare_split(corpus, None, data_args.max_audio_seconds, data_args.preprocessing_num_workers)
+    streamed = isinstance(prepared, IterableDataset)
+    if streamed:
+        training_args.train_sampling_strategy = "random"  # a stream has no lengths to group by
+    sample_texts = [row["text"] for row in itertools.islice(prepared, 2000)] if streamed else prepared["text"]
+
+    # Model
+    processor = build_processor(model_args, sample_texts, output_dir)
+    weights = {
+        name: getattr(pretraining_args, name)
+        for name in ("unit_loss_weight", "mlm_loss_weight", "matching_loss_weight")
+        if getattr(pretraining_args, name) is not None
+    }
+    model = build_model(CMTForPreTraining, model_args, processor, **weights)
+    if model.config.unit_loss_weight > 0 and not model.codebook_is_fitted:
+        raise ValueError(
+            "This checkpoint has no fitted codebook for masked acoustic unit prediction: run examples/fit_codebook.py "
+            "first and pass its output as --model_name_or_path (or set --unit_loss_weight 0)."
+        )
+    collator = PretrainingCollator(processor, mlm_probability=pretraining_args.mlm_probability)
+
+    # Stage-wise training
+    stages = STAGES[pretraining_args.stage]
+    history = {}
+    for stage in stages:
+        stage_dir = output_dir / f"stage{stage}" if len(stages) > 1 else output_dir
+        training_args.output_dir = str(stage_dir)
+        if stage == 1:
+            model.freeze_towers()
+        else:
+            model.unfreeze_towers(include_feature_encoder=not model_args.freeze_feature_encoder)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"stage {stage}: {trainable:,} trainable parameters -> {stage_dir}")
+        trainer = CMTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=prepared,
+            data_collator=collator,
+            processing_class=processor,
+        )
+        resume = training_args.resume_from_checkpoint
+        if resume in ("True", "true", "auto"):
+            resume = last_complete_checkpoint(stage_dir)
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(stage_dir))
+        history[f"stage{stage}"] = trainer.state.log_history
+
+    # Save the final model (with its codebook) and the results card
+    if len(stages) > 1:
+        trainer.save_model(str(output_dir))
+    checksum = parameter_checksum(model)
+    logger.warning(f"[rank {training_args.process_index}] parameter checksum: {checksum:.12e}")
+    if trainer.is_world_process_zero():
+        final_losses = {
+            stage: {k: v for k, v in log[-2].items() if k.endswith("loss")} if len(log) > 1 else {}
+            for stage, log in history.items()
+        }
+        write_json(
+            output_dir / "results.json",
+            {
+                "protocol": {
+                    "corpus": data_args.task,
+                    "tapt": data_args.task not in ("audio_text_pairs",),
+                    "fold": data_args.test_fold,
+                    "stages": list(stages),
+                    "loss_weights": {
+                        name: getattr(model.config, name)
+                        for name in ("unit_loss_weight", "mlm_loss_weight", "matching_loss_weight")
+                    },
+                    "mlm_probability": pretraining_args.mlm_probability,
+                    "learning_rate": training_args.learning_rate,
+                    "tower_learning_rate": training_args.tower_learning_rate,
+                    "seed": training_args.seed,
+                    "model": {k: v for k, v in vars(model_args).items() if v is not None},
+                    **environment_card(),
+                },
+                "final_losses": final_losses,
+                "log_history": history,
+                "parameter_checksum": checksum,
+                "wall_time_s": round(time.time() - started, 1),
+            },
+        )
+        logger.warning(f"pretraining done in {time.time() - started:.0f} s; model and codebook in {output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""run_finetune.py, run_pretrain.py, fit_codebook.py and report.py on tiny towers and tiny corpora (CPU)."""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import HubertConfig, HubertModel, TrainerCallback
+
+from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
+
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "--preset", "tiny", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--learning_rate", "3e-3", "--disable_tqdm", "true", "--logging_steps", "5", "--max_audio_seconds", "3",
+    "--dataloader_pin_memory", "false", "--seed", "0",
+]  # fmt: skip
+NO_DROPOUT = [
+    "--config_overrides",
+    "cross_hidden_dropout=0.0,cross_attention_dropout=0.0,classifier_dropout=0.0",
+]
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def synthetic(cache, *extra):
+    return ["--task", "synthetic_emotion", "--synthetic_size", "80", "--cache_dir", cache, *extra]
+
+
+# --- fine-tuning -------------------------------------------------------------------------------------------------
+
+
+def test_finetune_learns_a_task_with_a_known_answer(run_script, word_dataset, tmp_path):
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", "--task", "dataset", "--dataset_path", word_dataset, *TINY,
+        "--num_train_epochs", "12", "--output_dir", output,
+    )  # fmt: skip
+    results = read_json(output / "results.json")
+    test = results["aggregate"]
+    assert test["wa"]["mean"] >= 0.9, test["wa"]  # chance is 0.5: the label is the transcript's sentiment word
+    model = CMTForSequenceClassification.from_pretrained(output)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert (output / "README.md").read_text().count("model-index") == 1
+
+
+@pytest.mark.parametrize(
+    "baseline,expected",
+    [
+        (["--modality", "audio", "--num_cross_layers", "0"], {"modality": "audio", "num_cross_layers": 0}),
+        (["--modality", "text", "--num_cross_layers", "0"], {"modality": "text", "num_cross_layers": 0}),
+        (["--num_cross_layers", "0"], {"modality": "both", "num_cross_layers": 0}),
+        (["--pooling", "layer_pooler", "--ortho_weight", "0.1"], {"pooling": "layer_pooler", "ortho_weight": 0.1}),
+    ],
+    ids=["hubert_only", "roberta_only", "shallow_fusion", "cmt_pooler_ortho"],
+)
+def test_baselines_run_through_the_same_script(run_script, synthetic_cache, tmp_path, baseline, expected):
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", *synthetic(synthetic_cache, "--test_fold", "2"), *TINY, *baseline,
+        "--num_train_epochs", "1", "--output_dir", output,
+    )  # fmt: skip
+    config = read_json(output / "fold_2" / "config.json")
+    for key, value in expected.items():
+        assert config[key] == value
+    results = read_json(output / "results.json")
+    assert 0.0 <= results["aggregate"]["ua"]["mean"] <= 1.0
+    assert set(results["aggregate_by_item_type"]) <= {"global", "aligned"}
+
+
+def test_loso_fold_keeps_the_test_session_out_of_training(run_script, synthetic_cache, tmp_path):
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", *synthetic(synthetic_cache, "--test_fold", "3"), *TINY, "--num_train_epochs", "1",
+        "--output_dir", output,
+    )  # fmt: skip
+    fold = read_json(output / "fold_3" / "results.json")
+    data = fold["data"]
+    assert data["test"]["sessions"] == ["3"] and "3" not in data["train"]["sessions"]
+    assert data["validation"]["sessions"] == ["4"]
+    assert not set(data["train"]["speakers"]) & set(data["test"]["speakers"])
+    assert data["train"]["rows"] + data["validation"]["rows"] + data["test"]["rows"] == 80
+
+
+def test_results_json_carries_the_protocol_card(run_script, synthetic_cache, tmp_path):
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", *synthetic(synthetic_cache, "--test_fold", "1"), *TINY, "--num_train_epochs", "1",
+        "--train_fraction", "0.5", "--output_dir", output,
+    )  # fmt: skip
+    results = read_json(output / "results.json")
+    protocol = results["protocol"]
+    assert protocol["corpus"] == "synthetic_emotion" and protocol["folds"] == [1]
+    assert protocol["checkpoint_selection"].startswith("best validation ua (max)")
+    assert protocol["seed"] == 0 and protocol["train_fraction"] == 0.5
+    assert {"torch", "transformers", "datasets", "accelerate", "modeling_cmt"} <= set(protocol["versions"])
+    assert re.fullmatch(r"[0-9a-f]{40}", protocol["git_commit"] or "")
+    assert results["folds"][0]["data"]["train"]["rows"] == 24  # half of sessions 2 and 5's 48 rows
+    assert {"wa", "ua", "macro_f1", "binary_accuracy_angry"} <= set(results["aggregate"])
+
+
+def test_report_renders_the_paper_layout_and_plots(run_script, synthetic_cache, tmp_path):
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", *synthetic(synthetic_cache, "--test_fold", "1"), *TINY, "--num_train_epochs", "2",
+        "--output_dir", output,
+    )  # fmt: skip
+    report = tmp_path / "report"
+    run_script("report", f"cmt={output}", "--output_dir", report, "--x_key", "train_fraction")
+    table = (report / "results.md").read_text()
+    measured = read_json(output / "results.json")["aggregate"]["ua"]["mean"]
+    assert re.search(r"^\| cmt \| .* \| " + re.escape(f"{measured:.3f}") + r" \| 1 \|$", table, re.M)
+    assert "quoted, not measured here" in table and "| CMT BASE | 0.907 |" in table
+    for name in ("bars.png", "learning_curves.png", "ablation.png"):
+        image = matplotlib.image.imread(report / name)
+        assert image.ndim == 3 and image.shape[0] > 100
+
+
+# --- refusals and failures ---------------------------------------------------------------------------------------
+
+
+def test_existing_results_are_not_overwritten_without_asking(run_script, synthetic_cache, tmp_path):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "results.json").write_text("{}")
+    arguments = [*synthetic(synthetic_cache, "--test_fold", "1"), *TINY, "--max_steps", "1", "--output_dir", output]
+    with pytest.raises(ValueError, match="already holds results.*--overwrite_output_dir"):
+        run_script("run_finetune", *arguments)
+    assert (output / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--task", "emotions"], "Unknown task 'emotions'. Available tasks: synthetic_emotion"),
+        (["--task", "synthetic_emotion", "--test_fold", "7"], r"--test_fold must be one of \[1, 2, 3, 4, 5\]"),
+        (["--task", "synthetic_emotion"], "Pass --test_fold"),
+        (["--task", "iemocap", "--test_fold", "1"], "needs --data_dir"),
+        (["--task", "dataset", "--dataset_path", "WORDS", "--label_column", "mood"], "'mood' is not a column"),
+    ],
+)
+def test_bad_task_arguments_are_named(run_script, word_dataset, tmp_path, arguments, message):
+    arguments = [str(word_dataset) if argument == "WORDS" else argument for argument in arguments]
+    with pytest.raises(ValueError, match=message):
+        run_script("run_finetune", *arguments, *TINY, "--output_dir", tmp_path / "run")
+
+
+def test_a_non_cmt_checkpoint_is_refused(run_script, word_dataset, tmp_path):
+    HubertModel(
+        HubertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    ).save_pretrained(tmp_path / "hubert")
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, "--model_name_or_path", tmp_path / "hubert"]
+    with pytest.raises(ValueError, match="is a 'hubert' checkpoint, not CMT.*--audio_model_name_or_path"):
+        run_script("run_finetune", *arguments, "--output_dir", tmp_path / "run")
+
+
+def test_num_labels_mismatch_needs_ignore_mismatched_sizes(run_script, word_dataset, synthetic_cache, tmp_path):
+    four_classes = tmp_path / "four"
+    run_script(
+        "run_finetune", *synthetic(synthetic_cache, "--test_fold", "1"), *TINY, "--max_steps", "1",
+        "--output_dir", four_classes,
+    )  # fmt: skip
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, "--model_name_or_path", four_classes / "fold_1"]
+    tiny = [a for a in TINY if a not in ("--preset", "tiny")]
+    with pytest.raises(RuntimeError, match="size mismatch|ignore_mismatched_sizes"):
+        run_script("run_finetune", *arguments, *tiny, "--max_steps", "1", "--output_dir", tmp_path / "two")
+    run_script(
+        "run_finetune", *arguments, *tiny, "--max_steps", "1", "--ignore_mismatched_sizes", "true",
+        "--output_dir", tmp_path / "two",
+    )  # fmt: skip
+    assert read_json(tmp_path / "two" / "config.json")["id2label"] == {"0": "negative", "1": "positive"}
+
+
+class _Fail(TrainerCallback):
+    """Test hook: breaks training at a given step, the way a crash or a full disk would."""
+
+    def __init__(self, at_step, what):
+        self.at_step, self.what = at_step, what
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.at_step and self.what == "nan":
+            model.classifier.out_proj.bias.data.fill_(float("nan"))
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step and self.what == "kill":
+            raise KeyboardInterrupt("killed after a checkpoint")
+
+
+def _with_callback(monkeypatch, callback):
+    import cmt_training
+
+    original = cmt_training.CMTTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.add_callback(callback)
+
+    monkeypatch.setattr(cmt_training.CMTTrainer, "__init__", init)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(run_script, word_dataset, tmp_path, monkeypatch):
+    from cmt_training import NonFiniteLossError
+
+    _with_callback(monkeypatch, _Fail(at_step=3, what="nan"))
+    output = tmp_path / "run"
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--save_strategy", "steps"]
+    with pytest.raises(NonFiniteLossError, match=r"NaN/Inf at step 3.*checkpoint-2"):
+        run_script(
+            "run_finetune", *arguments, "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1",
+            "--max_steps", "5", "--output_dir", output,
+        )  # fmt: skip
+    assert (output / "checkpoint-2" / "model.safetensors").is_file()
+    assert torch.isfinite(load_file(output / "checkpoint-2" / "model.safetensors")["classifier.out_proj.bias"]).all()
+
+
+def test_a_failed_save_leaves_no_half_written_checkpoint(run_script, word_dataset, tmp_path, monkeypatch):
+    import cmt_training
+
+    original = cmt_training.Trainer.save_model
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if output_dir and output_dir.endswith("checkpoint-2"):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(cmt_training.Trainer, "save_model", save_model)
+    output = tmp_path / "run"
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--save_strategy", "steps"]
+    with pytest.raises(OSError, match="disk is full.*partial folder was removed.*checkpoint-1"):
+        run_script(
+            "run_finetune", *arguments, "--save_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1",
+            "--max_steps", "4", "--output_dir", output,
+        )  # fmt: skip
+    assert not (output / "checkpoint-2").exists()
+    assert cmt_training.last_complete_checkpoint(output).endswith("checkpoint-1")
+
+
+def test_killed_and_resumed_run_reaches_the_same_weights(run_script, word_dataset, tmp_path, monkeypatch):
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--num_train_epochs", "3"]
+    run_script("run_finetune", *arguments, "--output_dir", tmp_path / "straight")
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        _with_callback(patch, _Fail(at_step=24, what="kill"))  # 12 steps per epoch: killed after epoch 2
+        run_script("run_finetune", *arguments, "--output_dir", tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "checkpoint-24").is_dir() and not (tmp_path / "resumed" / "results.json").exists()
+    run_script("run_finetune", *arguments, "--output_dir", tmp_path / "resumed", "--resume_from_checkpoint", "auto")
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert (
+        read_json(tmp_path / "resumed" / "results.json")["aggregate"]
+        == read_json(tmp_path / "straight" / "results.json")["aggregate"]
+    )
+
+
+def test_push_to_hub_offline_writes_the_folder_and_explains(run_script, word_dataset, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--max_steps", "2",
+        "--push_to_hub", "true", "--hub_model_id", "someone/cmt-words", "--output_dir", output,
+    )  # fmt: skip
+    card = (output / "README.md").read_text()
+    assert "model-index" in card and "someone/cmt-words" in card and "Command: `" in card
+    assert {"config.json", "model.safetensors", "modeling_cmt.py", "processor_config.json"} <= {
+        p.name for p in output.iterdir()
+    }
+    assert "Could not push" in caplog.text and "huggingface-cli upload someone/cmt-words" in caplog.text
+
+
+# --- pretraining -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def codebook_checkpoint(tmp_path_factory, synthetic_cache):
+    import importlib
+
+    output = tmp_path_factory.mktemp("codebook") / "ckpt"
+    script = importlib.import_module("fit_codebook")
+    argv = sys.argv
+    sys.argv = ["fit_codebook.py", "--preset", "tiny", *synthetic(str(synthetic_cache), "--test_fold", "1"),
+                "--codebook_size", "12", "--max_audio_seconds", "3", "--output_dir", str(output)]  # fmt: skip
+    try:
+        script.main()
+    finally:
+        sys.argv = argv
+    return output
+
+
+def test_codebook_is_stored_and_reloaded_as_tensors(codebook_checkpoint):
+    stored = load_file(codebook_checkpoint / "model.safetensors")
+    assert stored["codebook"].shape == (12, 32) and stored["codebook"].abs().sum() > 0
+    model = CMTForPreTraining.from_pretrained(codebook_checkpoint)
+    assert torch.equal(model.codebook, stored["codebook"]) and model.codebook_is_fitted
+    assert not [p.name for p in codebook_checkpoint.iterdir() if p.suffix in (".bin", ".pt", ".pkl", ".pickle")]
+
+
+def test_pretraining_loss_decreases(run_script, codebook_checkpoint, synthetic_cache, tmp_path):
+    output = tmp_path / "pretrain"
+    tiny = [a for a in TINY if a not in ("--preset", "tiny")]
+    run_script(
+        "run_pretrain", "--model_name_or_path", codebook_checkpoint, *synthetic(synthetic_cache, "--test_fold", "1"),
+        *tiny, "--stage", "2", "--num_train_epochs", "8", "--matching_loss_weight", "0.5", "--output_dir", output,
+    )  # fmt: skip
+    results = read_json(output / "results.json")
+    logs = [entry for entry in results["log_history"]["stage2"] if "unit_loss" in entry]
+    first, last = logs[0], logs[-1]
+    for name in ("unit_loss", "mlm_loss"):
+        assert last[name] < first[name] - 0.1, (name, first[name], last[name])
+    assert "matching_loss" in first
+    assert CMTForPreTraining.from_pretrained(output).codebook_is_fitted
+
+
+def test_stage_one_trains_only_the_cross_modal_stack_and_heads(
+    run_script, codebook_checkpoint, synthetic_cache, tmp_path
+):
+    output = tmp_path / "stage1"
+    tiny = [a for a in TINY if a not in ("--preset", "tiny")]
+    run_script(
+        "run_pretrain", "--model_name_or_path", codebook_checkpoint, *synthetic(synthetic_cache, "--test_fold", "1"),
+        *tiny, "--stage", "1", "--max_steps", "3", "--logging_steps", "1", "--mlm_loss_weight", "0", "--output_dir", output,
+    )  # fmt: skip
+    before = load_file(codebook_checkpoint / "model.safetensors")
+    after = load_file(output / "model.safetensors")
+    changed = {
+        name.split(".")[0] if not name.startswith("cmt.") else ".".join(name.split(".")[:2])
+        for name in after
+        if not torch.equal(after[name], before[name])
+    }
+    assert changed == {"cmt.encoder", "unit_head"}
+    logs = [entry for entry in read_json(output / "results.json")["log_history"]["stage1"] if "loss" in entry]
+    assert logs and all("mlm_loss" not in entry for entry in logs)
+
+
+def test_streaming_without_max_steps_is_refused(run_script, tmp_path):
+    with pytest.raises(ValueError, match="needs --data_dir|pass --max_steps"):
+        run_script(
+            "run_pretrain",
+            "--task",
+            "audio_text_pairs",
+            "--streaming",
+            "true",
+            "--preset",
+            "tiny",
+            "--output_dir",
+            tmp_path,
+        )
+
+
+def test_pretraining_without_a_codebook_is_refused(run_script, synthetic_cache, tmp_path):
+    with pytest.raises(ValueError, match="no fitted codebook.*fit_codebook.py"):
+        run_script(
+            "run_pretrain", *synthetic(synthetic_cache, "--test_fold", "1"), *TINY, "--output_dir", tmp_path / "p"
+        )
+
+
+# --- distributed -------------------------------------------------------------------------------------------------
+
+
+def _launch(arguments: list[str], processes: int, output: Path) -> subprocess.CompletedProcess:
+    launcher = ["-m", "accelerate.commands.launch"]
+    if processes > 1:
+        launcher += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1"]
+    else:
+        launcher += ["--num_processes", "1", "--cpu"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "examples" / "run_finetune.py")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    return subprocess.run(
+        [sys.executable, *launcher, *arguments, "--output_dir", str(output)],
+        capture_output=True, text=True, env=environment, timeout=600, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_two_process_ddp_matches_one_process(word_dataset, tmp_path):
+    common = ["--task", "dataset", "--dataset_path", str(word_dataset), *TINY, *NO_DROPOUT, "--num_train_epochs", "2"]
+    common = [a if a != "8" else "4" for a in common]  # 4 per process
+    two = _launch([*common, "--train_sampling_strategy", "sequential"], 2, tmp_path / "ddp")
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    checksums = re.findall(r"\[rank (\d)\] parameter checksum: (\S+)", two.stdout + two.stderr)
+    assert sorted(rank for rank, _ in checksums) == ["0", "1"]
+    assert checksums[0][1] == checksums[1][1]  # both ranks hold identical parameters
+    single = [a if a != "4" else "8" for a in common]
+    one = _launch([*single, "--train_sampling_strategy", "sequential"], 1, tmp_path / "single")
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp_metrics = read_json(tmp_path / "ddp" / "results.json")["aggregate"]
+    single_metrics = read_json(tmp_path / "single" / "results.json")["aggregate"]
+    assert ddp_metrics["wa"]["mean"] == pytest.approx(single_metrics["wa"]["mean"], abs=1e-6)
+    assert read_json(tmp_path / "ddp" / "results.json")["folds"][0]["data"]["test"]["rows"] == 40  # no duplicates
+
+
+def test_accelerate_configs_are_valid():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    for path in sorted((REPO / "examples" / "accelerate_configs").glob("*.yaml")):
+        config = ClusterConfig.from_yaml_file(path)
+        assert config.num_processes >= 1, path.name
