@@ -494,6 +494,13 @@ class CMTPreTrainedModel(PreTrainedModel):
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map.setdefault("AutoModel", f"{CMTModel.__module__.rsplit('.', 1)[-1]}.CMTModel")
             self.config.auto_map = auto_map
+            if isinstance(self, CMTForSequenceClassification):
+                # A classification checkpoint carries the `audio-text-classification` pipeline: `custom_pipelines` in
+                # config.json, and this relative import makes the remote-code save copy pipeline_cmt.py beside the
+                # weights, so `pipeline(task, model=path, trust_remote_code=True)` works without this package.
+                from .pipeline_cmt import custom_pipelines
+
+                self.config.custom_pipelines = custom_pipelines()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # --- training controls -------------------------------------------------------------------------------------------
@@ -604,14 +611,42 @@ class CMTModel(CMTPreTrainedModel):
         """Maps text-tower states into the audio width (identity when the widths already match)."""
         return self.text_projection(text_states) if self.text_projection is not None else text_states
 
+    def _mask_tower_output(self, audio_states: torch.Tensor, mask_time_indices: torch.Tensor) -> torch.Tensor:
+        """With a precomputed tower output, masked frames of that output take the tower's mask embedding."""
+        mask_embedding = getattr(self.audio_model, "masked_spec_embed", None)
+        if mask_embedding is None:
+            raise ValueError("The audio tower has no mask embedding (`audio_config.mask_time_prob` is 0).")
+        return torch.where(mask_time_indices[..., None], mask_embedding.to(audio_states.dtype), audio_states)
+
     def min_input_samples(self) -> int:
         """The shortest audio (in samples) that the audio tower's convolutional front end turns into one frame."""
         audio_config = self.config.audio_config
         return _min_input_samples(audio_config.conv_kernel, audio_config.conv_stride)
 
-    def _check_inputs(self, input_values, audio_attention_mask, input_ids, attention_mask):
+    def _check_inputs(
+        self,
+        input_values,
+        audio_attention_mask,
+        input_ids,
+        attention_mask,
+        audio_tower_output=None,
+        audio_frame_mask=None,
+        text_tower_output=None,
+    ):
         batch_sizes = {}
-        if self.audio_model is not None:
+        if self.audio_model is not None and audio_tower_output is not None:
+            width = self.config.audio_config.hidden_size
+            if audio_tower_output.dim() != 3 or audio_tower_output.shape[-1] != width:
+                raise ValueError(
+                    f"`audio_tower_output` must have shape (batch, frames, {width}), got {tuple(audio_tower_output.shape)}."
+                )
+            if audio_frame_mask is not None and audio_frame_mask.shape != audio_tower_output.shape[:2]:
+                raise ValueError(
+                    f"`audio_frame_mask` has shape {tuple(audio_frame_mask.shape)}, `audio_tower_output` has "
+                    f"{tuple(audio_tower_output.shape[:2])} frames."
+                )
+            batch_sizes["audio_tower_output"] = audio_tower_output.shape[0]
+        elif self.audio_model is not None:
             if input_values is None:
                 raise ValueError(
                     f"modality={self.config.modality!r} needs `input_values` (raw 16 kHz audio of shape (batch, samples)"
@@ -640,7 +675,19 @@ class CMTModel(CMTPreTrainedModel):
                 item = int((~torch.isfinite(input_values)).any(-1).nonzero()[0])
                 raise ValueError(f"Audio item {item} contains NaN or Inf samples.")
             batch_sizes["input_values"] = input_values.shape[0]
-        if self.text_model is not None:
+        if self.text_model is not None and text_tower_output is not None:
+            width = self.config.text_config.hidden_size
+            if text_tower_output.dim() != 3 or text_tower_output.shape[-1] != width:
+                raise ValueError(
+                    f"`text_tower_output` must have shape (batch, tokens, {width}), got {tuple(text_tower_output.shape)}."
+                )
+            if attention_mask is not None and attention_mask.shape != text_tower_output.shape[:2]:
+                raise ValueError(
+                    f"`attention_mask` has shape {tuple(attention_mask.shape)}, `text_tower_output` has "
+                    f"{tuple(text_tower_output.shape[:2])} tokens."
+                )
+            batch_sizes["text_tower_output"] = text_tower_output.shape[0]
+        elif self.text_model is not None:
             if input_ids is None:
                 raise ValueError(
                     f"modality={self.config.modality!r} needs `input_ids` (the tokenized transcript); CMTProcessor "
@@ -674,6 +721,9 @@ class CMTModel(CMTPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
+        audio_tower_output: torch.Tensor | None = None,
+        audio_frame_mask: torch.Tensor | None = None,
+        text_tower_output: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -688,24 +738,45 @@ class CMTModel(CMTPreTrainedModel):
         attention_mask (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
             1 for real tokens, 0 for padding (padded tokens are masked in cross-attention and pooling).
         mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
-            Frames to replace with the tower's mask embedding (masked acoustic unit prediction).
+            Frames to replace with the tower's mask embedding (masked acoustic unit prediction): in the tower's
+            input features normally, in the given `audio_tower_output` when the tower is skipped.
+        audio_tower_output (`torch.FloatTensor` of shape `(batch_size, frames, audio_hidden_size)`, *optional*):
+            Precomputed output of the (frozen) audio tower, e.g. from a cache: the tower is skipped. Give
+            `audio_frame_mask` (`(batch_size, frames)`, 1 = real frame) with it when the batch is padded.
+        text_tower_output (`torch.FloatTensor` of shape `(batch_size, tokens, text_hidden_size)`, *optional*):
+            Precomputed last hidden states of the (frozen) text tower: the tower is skipped; `attention_mask` still
+            marks the real tokens.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_inputs(input_values, audio_attention_mask, input_ids, attention_mask)
+        self._check_inputs(
+            input_values,
+            audio_attention_mask,
+            input_ids,
+            attention_mask,
+            audio_tower_output,
+            audio_frame_mask,
+            text_tower_output,
+        )
 
         text_states = text_pooled = text_first = None
         if self.text_model is not None:
-            text_states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            text_states = text_tower_output
+            if text_states is None:
+                text_states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             text_pooled = masked_mean(text_states, attention_mask)  # (batch, text_hidden)
             text_first = text_states[:, 0]  # (batch, text_hidden)
 
         audio_states = audio_pooled = frame_mask = None
         hidden_states = attentions = cross_attentions = pooler_weights = None
-        if self.audio_model is not None:
+        if self.audio_model is not None and audio_tower_output is not None:
+            audio_states, frame_mask = audio_tower_output, audio_frame_mask
+            if mask_time_indices is not None:
+                audio_states = self._mask_tower_output(audio_states, mask_time_indices)
+        elif self.audio_model is not None:
             input_values = input_values.to(self.audio_model.dtype)
             audio_states = self.audio_model(
                 input_values, attention_mask=audio_attention_mask, mask_time_indices=mask_time_indices
@@ -714,6 +785,7 @@ class CMTModel(CMTPreTrainedModel):
                 frame_mask = self.audio_model._get_feature_vector_attention_mask(
                     audio_states.shape[1], audio_attention_mask
                 )  # (batch, frames)
+        if audio_states is not None:
             hidden_states = (audio_states,)
             if self.encoder is not None:
                 hidden_states, attentions, cross_attentions = self.encoder(
@@ -795,6 +867,9 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        audio_tower_output: torch.Tensor | None = None,
+        audio_frame_mask: torch.Tensor | None = None,
+        text_tower_output: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -803,6 +878,8 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
         labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
             Class ids (cross-entropy), floats with `num_labels=1` (MSE, e.g. CMU-MOSEI sentiment), or multi-hot
             targets (BCE).
+        audio_tower_output, audio_frame_mask, text_tower_output:
+            Precomputed frozen-tower outputs that replace the towers, as in [`CMTModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.cmt(
@@ -810,6 +887,9 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
             audio_attention_mask=audio_attention_mask,
             input_ids=input_ids,
             attention_mask=attention_mask,
+            audio_tower_output=audio_tower_output,
+            audio_frame_mask=audio_frame_mask,
+            text_tower_output=text_tower_output,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -973,6 +1053,9 @@ class CMTForPreTraining(CMTPreTrainedModel):
         mlm_labels: torch.Tensor | None = None,
         unit_labels: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
+        audio_tower_output: torch.Tensor | None = None,
+        audio_frame_mask: torch.Tensor | None = None,
+        text_tower_output: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> CMTForPreTrainingOutput | tuple:
         r"""
@@ -983,19 +1066,40 @@ class CMTForPreTraining(CMTPreTrainedModel):
             Precomputed unit targets; by default they are assigned from the codebook on the unmasked audio.
         mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
             Frames to mask; by default spans are drawn with `unit_mask_prob` / `unit_mask_length`.
+        audio_tower_output, audio_frame_mask, text_tower_output:
+            Precomputed frozen-tower outputs (stage 1 from a cache), as in [`CMTModel.forward`]. Masked frames then
+            take the mask embedding in the tower's output instead of its input, `unit_labels` must be given, and MLM
+            is unavailable (it needs the text tower to read the masked tokens).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
-        if input_values is None or input_ids is None:
-            raise ValueError("Pretraining needs both `input_values` and `input_ids` (paired audio and transcript).")
-        batch_size = input_values.shape[0]
+        if (input_values is None and audio_tower_output is None) or (input_ids is None and text_tower_output is None):
+            raise ValueError("Pretraining needs paired audio and transcript (raw inputs or cached tower outputs).")
+        if text_tower_output is not None and mlm_labels is not None:
+            raise ValueError("MLM needs the text tower to read the masked tokens: drop `mlm_labels` with cached text.")
+        cached_audio = audio_tower_output is not None
+        audio_input = audio_tower_output if cached_audio else input_values
+        batch_size, device = audio_input.shape[0], audio_input.device
 
         compute_units = config.unit_loss_weight > 0
         if compute_units:
-            self.cmt._check_inputs(input_values, audio_attention_mask, input_ids, attention_mask)
-            if unit_labels is None:
+            self.cmt._check_inputs(
+                input_values,
+                audio_attention_mask,
+                input_ids,
+                attention_mask,
+                audio_tower_output,
+                audio_frame_mask,
+                text_tower_output,
+            )
+            if cached_audio:
+                if unit_labels is None:
+                    raise ValueError("With `audio_tower_output`, pass the cached `unit_labels` too.")
+                frames, frame_mask = audio_tower_output.shape[1], audio_frame_mask
+            elif unit_labels is None:
                 features, frame_mask = self.compute_unit_features(input_values, audio_attention_mask)
                 unit_labels = self.assign_units(features)  # (batch, frames)
+                frames = unit_labels.shape[1]
             else:
                 frames = int(self.cmt.audio_model._get_feat_extract_output_lengths(input_values.shape[1]))
                 frame_mask = (
@@ -1003,21 +1107,20 @@ class CMTForPreTraining(CMTPreTrainedModel):
                     if audio_attention_mask is not None
                     else None
                 )
-                if unit_labels.shape != (batch_size, frames):
-                    raise ValueError(
-                        f"`unit_labels` must have shape {(batch_size, frames)}, got {tuple(unit_labels.shape)}."
-                    )
-            if mask_time_indices is None:
-                mask_time_indices = self._mask_frames(
-                    batch_size, unit_labels.shape[1], frame_mask, input_values.device
+            if unit_labels.shape != (batch_size, frames):
+                raise ValueError(
+                    f"`unit_labels` must have shape {(batch_size, frames)}, got {tuple(unit_labels.shape)}."
                 )
+            if mask_time_indices is None:
+                mask_time_indices = self._mask_frames(batch_size, frames, frame_mask, device)
 
         matching_labels = None
         if config.matching_loss_weight > 0 and batch_size >= 2:
-            permutation, matching_labels = self._matching_pairs(batch_size, input_ids.device)
-            input_ids = input_ids[permutation]
-            attention_mask = attention_mask[permutation] if attention_mask is not None else None
-            mlm_labels = mlm_labels[permutation] if mlm_labels is not None else None
+            permutation, matching_labels = self._matching_pairs(batch_size, device)
+            input_ids, attention_mask, mlm_labels, text_tower_output = (
+                tensor[permutation] if tensor is not None else None
+                for tensor in (input_ids, attention_mask, mlm_labels, text_tower_output)
+            )
 
         outputs = self.cmt(
             input_values=input_values,
@@ -1025,6 +1128,9 @@ class CMTForPreTraining(CMTPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             mask_time_indices=mask_time_indices,
+            audio_tower_output=audio_tower_output,
+            audio_frame_mask=audio_frame_mask,
+            text_tower_output=text_tower_output,
             return_dict=True,
         )
 

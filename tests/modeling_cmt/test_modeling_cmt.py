@@ -530,7 +530,7 @@ def test_invalid_config_values_name_the_offending_value(overrides, message):
 
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(
-        ValueError, match="Unknown preset 'cmt-huge'. Available presets: cmt-4, cmt-base, cmt-large, tiny"
+        ValueError, match="Unknown preset 'cmt-huge'. Available presets: cmt-4, cmt-base, cmt-large, demo, tiny"
     ):
         CMTConfig.from_preset("cmt-huge")
 
@@ -552,3 +552,58 @@ def test_audio_top_layers_refuses_pre_ln_towers(tmp_path, tower_dirs):
         CMTModel.from_audio_text_pretrained(
             str(tmp_path / "pre_ln"), str(text_dir), num_cross_layers=1, cross_layer_init="audio_top_layers"
         )
+
+
+# --- precomputed (cached) frozen-tower outputs -------------------------------------------------------------------
+
+
+def test_cached_tower_outputs_give_the_same_classification(make_batch):
+    model = CMTForSequenceClassification(CMTModelTester().config(pooling="layer_pooler")).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        audio = model.cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])
+        frame_mask = model.cmt.audio_model._get_feature_vector_attention_mask(
+            audio.last_hidden_state.shape[1], batch["audio_attention_mask"]
+        )
+        text = model.cmt.text_model(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        cached = model(
+            audio_tower_output=audio.last_hidden_state,
+            audio_frame_mask=frame_mask,
+            text_tower_output=text,
+            attention_mask=batch["attention_mask"],
+        ).logits
+    torch.testing.assert_close(cached, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_cached_pretraining_masks_the_tower_output_and_needs_unit_labels(make_batch):
+    model = fitted_pretraining_model(CMTModelTester().config(mlm_loss_weight=0.0)).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        states = model.cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])[0]
+        frame_mask = model.cmt.audio_model._get_feature_vector_attention_mask(
+            states.shape[1], batch["audio_attention_mask"]
+        )
+        units = model.assign_units(
+            model.compute_unit_features(batch["input_values"], batch["audio_attention_mask"])[0]
+        )
+        text = model.cmt.text_model(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        cached = {
+            "audio_tower_output": states,
+            "audio_frame_mask": frame_mask,
+            "text_tower_output": text,
+            "attention_mask": batch["attention_mask"],
+        }
+        with pytest.raises(ValueError, match="pass the cached `unit_labels`"):
+            model(**cached)
+        with pytest.raises(ValueError, match="drop `mlm_labels`"):
+            model(**cached, unit_labels=units, mlm_labels=batch["input_ids"])
+        mask = torch.zeros_like(units, dtype=torch.bool)
+        mask[:, 2:6] = True
+        outputs = model(**cached, unit_labels=units, mask_time_indices=mask)
+        masked_states = torch.where(mask[..., None], model.cmt.audio_model.masked_spec_embed, states)
+        reference = model.cmt(**{**cached, "audio_tower_output": masked_states}).last_hidden_state
+    torch.testing.assert_close(outputs.unit_logits, model.unit_head(reference))
+    scored = mask & frame_mask
+    expected = torch.nn.functional.cross_entropy(outputs.unit_logits[scored], units[scored])
+    torch.testing.assert_close(outputs.unit_loss, expected)
