@@ -5,6 +5,7 @@ from pathlib import Path
 
 from setuptools import setup
 
+
 _here = Path(__file__).parent
 _version = re.search(r'__version__ = "([^"]+)"', (_here / "modeling_cmt" / "__init__.py").read_text()).group(1)
 
@@ -16,6 +17,7 @@ install_requires = [
     "huggingface_hub>=1.0,<3",
     "safetensors>=0.4",
     "numpy>=1.26",
+    "tqdm>=4.66",
 ]
 
 extras = {
@@ -27,7 +29,6 @@ extras = {
         "scikit-learn>=1.4,<2",
         "scipy>=1.11,<2",
         "h5py>=3.10,<4",
-        "tqdm>=4.66",
     ],
     # Plots for the demo, reports and benchmarks.
     "demo": [
@@ -53,4 +54,5 @@ setup(
     package_data={"modeling_cmt": ["presets/*.json", "data/*.json"], "hub_datasets": ["cards/*.md", "data/*.json"]},
     install_requires=install_requires,
     extras_require=extras,
+    entry_points={"console_scripts": ["cmt-predict = modeling_cmt.predict:main"]},
 )

@@ -1,8 +1,8 @@
 """CMT: cross-modal pretrained transformer (HuBERT + RoBERTa) for speech emotion recognition and sentiment analysis.
 
 Importing the package registers CMT with the transformers Auto classes, so `AutoModel.from_pretrained(path)` works
-without `trust_remote_code`; checkpoints saved from these classes also carry the remote code for a plain
-`trust_remote_code=True` load elsewhere.
+without `trust_remote_code`, and registers the `"audio-text-classification"` pipeline task; checkpoints saved from
+these classes also carry the remote code (pipeline included) for a plain `trust_remote_code=True` load elsewhere.
 """
 
 from transformers import (
@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_cmt import CMTConfig, list_presets, load_preset
 from .modeling_cmt import (
@@ -22,6 +23,8 @@ from .modeling_cmt import (
     masked_mean,
     orthogonality_loss,
 )
+from .pipeline_cmt import TASK as PIPELINE_TASK
+from .pipeline_cmt import AudioTextClassificationPipeline
 from .processing_cmt import CMTProcessor
 
 
@@ -39,7 +42,15 @@ CMTForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassi
 CMTForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 CMTProcessor.register_for_auto_class("AutoProcessor")
 
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK,
+    pipeline_class=AudioTextClassificationPipeline,
+    pt_model=AutoModelForSequenceClassification,
+    type="multimodal",
+)
+
 __all__ = [
+    "AudioTextClassificationPipeline",
     "CMTConfig",
     "CMTForPreTraining",
     "CMTForSequenceClassification",

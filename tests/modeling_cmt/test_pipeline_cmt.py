@@ -1,0 +1,431 @@
+"""The audio-text-classification pipeline: every input form gives what the model gives on the processor's output,
+batching, regression views, ASR and audio-only fallbacks, bad inputs, and a remote-code load in a fresh process."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+    pipeline,
+)
+
+from modeling_cmt import (
+    AudioTextClassificationPipeline,
+    CMTConfig,
+    CMTForSequenceClassification,
+    CMTModel,
+    CMTProcessor,
+)
+
+
+REPO = Path(__file__).resolve().parents[2]
+TASK = "audio-text-classification"
+EMOTIONS = ["ang", "hap", "neu", "sad"]
+TEXT = "I feel sad and tired, nothing went well today."
+
+
+def write_wav(path, samples, rate: int = 16000):
+    """PCM WAV: int16 written as is; a float array is written as 32-bit float (IEEE) so NaNs survive."""
+    samples = np.asarray(samples)
+    if samples.dtype == np.int16:
+        channels = 1 if samples.ndim == 1 else samples.shape[0]
+        with wave.open(str(path), "wb") as file:
+            file.setnchannels(channels)
+            file.setsampwidth(2)
+            file.setframerate(rate)
+            file.writeframes(samples.T.tobytes() if samples.ndim == 2 else samples.tobytes())
+        return path
+    data = samples.astype("<f4")
+    with open(path, "wb") as file:
+        file.write(b"RIFF" + struct.pack("<I", 36 + data.nbytes) + b"WAVE")
+        file.write(b"fmt " + struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32))
+        file.write(b"data" + struct.pack("<I", data.nbytes) + data.tobytes())
+    return path
+
+
+def noise(length: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(length) * 0.1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cmt_processor(tokenizer):
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
+    return CMTProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+def build_classifier(num_labels: int = 4, **kwargs) -> CMTForSequenceClassification:
+    torch.manual_seed(0)
+    labels = {"id2label": dict(enumerate(EMOTIONS)), "label2id": {name: i for i, name in enumerate(EMOTIONS)}}
+    config = CMTConfig.from_preset("tiny", num_labels=num_labels, **(labels if num_labels == 4 else {}), **kwargs)
+    return CMTForSequenceClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, cmt_processor):
+    path = tmp_path_factory.mktemp("cmt-emotion")
+    build_classifier().save_pretrained(path)
+    cmt_processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(checkpoint):
+    return pipeline(TASK, model=str(checkpoint), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+
+
+def expected_scores(model, processor, audio, text, sampling_rate=16000, function=torch.softmax) -> list[float]:
+    inputs = processor(audio=audio, text=text, sampling_rate=sampling_rate, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+    return function(logits, -1).tolist() if function is not None else logits.tolist()
+
+
+def as_label_scores(output) -> dict[str, float]:
+    return {entry["label"]: entry["score"] for entry in output}
+
+
+def assert_matches(output, expected: list[float], atol: float = 1e-5):
+    scores = as_label_scores(output)
+    assert list(scores) == sorted(scores, key=scores.get, reverse=True)  # best first
+    np.testing.assert_allclose([scores[label] for label in EMOTIONS], expected, atol=atol)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input forms, batching, outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_every_input_form_matches_the_model_on_the_processor_output(classifier, cmt_processor, tmp_path):
+    pcm = (noise(12000) * 32767).astype(np.int16)
+    path = write_wav(tmp_path / "utterance.wav", pcm)
+    expected = expected_scores(classifier.model, cmt_processor, pcm, TEXT)
+    waveform = pcm.astype(np.float32) / 32768
+
+    assert_matches(classifier(str(path), text=TEXT), expected)
+    assert_matches(classifier(path, text=TEXT), expected)
+    assert_matches(classifier({"array": waveform, "sampling_rate": 16000}, text=TEXT), expected)
+    assert_matches(classifier({"raw": torch.from_numpy(waveform), "sampling_rate": 16000, "text": TEXT}), expected)
+    assert_matches(classifier(waveform, text=TEXT, sampling_rate=16000), expected)
+    assert_matches(classifier({"audio": {"array": waveform, "sampling_rate": 16000}, "text": TEXT}), expected)
+    assert_matches(classifier({"audio": str(path), "text": TEXT}), expected)
+    assert_matches(classifier(path.read_bytes(), text=TEXT), expected)
+
+
+def test_datasets_rows_and_dataset_input(classifier, cmt_processor, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pcm = (noise(9000, seed=1) * 32767).astype(np.int16)
+    path = write_wav(tmp_path / "row.wav", pcm)
+    dataset = datasets.Dataset.from_dict(
+        {"audio": [str(path)] * 2, "text": [TEXT, "Excuse me, where is the station?"]}
+    )
+    dataset = dataset.cast_column("audio", datasets.Audio(sampling_rate=16000))
+    expected = expected_scores(classifier.model, cmt_processor, pcm, TEXT)
+
+    assert_matches(classifier(dataset[0]), expected)  # a decoded row: torchcodec AudioDecoder + text
+    outputs = list(classifier(dataset, batch_size=2))
+    assert len(outputs) == 2
+    assert_matches(outputs[0], expected)
+
+
+def test_bare_array_without_rate_warns_and_assumes_the_feature_extractor_rate(classifier, cmt_processor, caplog):
+    audio = noise(8000)
+    output = classifier(audio, text=TEXT)
+    assert "No sampling rate given for the audio array" in caplog.text
+    assert_matches(output, expected_scores(classifier.model, cmt_processor, audio, TEXT))
+
+
+def test_batch_of_mixed_lengths_equals_one_by_one(classifier):
+    items = [
+        {"array": noise(16000, seed=0), "sampling_rate": 16000, "text": TEXT},
+        {"array": noise(5000, seed=1), "sampling_rate": 16000, "text": "Excuse me, where is the station?"},
+        {"array": noise(9000, seed=2), "sampling_rate": 8000, "text": "What a lovely surprise!"},
+    ]
+    batched = classifier(items, batch_size=3)
+    for item, output in zip(items, batched):
+        single = classifier(item)
+        assert [entry["label"] for entry in output] == [entry["label"] for entry in single]
+        np.testing.assert_allclose(
+            [entry["score"] for entry in output], [entry["score"] for entry in single], atol=1e-5
+        )
+    texts = [item.pop("text") for item in items]
+    assert classifier(items, text=texts, batch_size=2) == classifier([{**i, "text": t} for i, t in zip(items, texts)])
+
+
+def test_top_k_and_function_to_apply(classifier, cmt_processor):
+    audio = {"array": noise(8000), "sampling_rate": 16000}
+    full = classifier(audio, text=TEXT)
+    assert len(full) == 4
+    assert classifier(audio, text=TEXT, top_k=1) == full[:1]
+    assert classifier(audio, text=TEXT, top_k=10) == full
+    logits = expected_scores(classifier.model, cmt_processor, audio["array"], TEXT, function=None)
+    assert_matches(classifier(audio, text=TEXT, function_to_apply="none"), logits)
+    sigmoid = torch.sigmoid(torch.tensor(logits)).tolist()
+    assert_matches(classifier(audio, text=TEXT, function_to_apply="sigmoid"), sigmoid)
+    with pytest.raises(ValueError, match="function_to_apply"):
+        classifier(audio, text=TEXT, function_to_apply="argmax")
+    with pytest.raises(ValueError, match="top_k"):
+        classifier(audio, text=TEXT, top_k=0)
+    with pytest.raises(TypeError, match="unexpected arguments \\['topk'\\]"):
+        classifier(audio, text=TEXT, topk=1)
+
+
+def test_regression_head_returns_score_and_mosei_views(cmt_processor):
+    model = build_classifier(num_labels=1)
+    regressor = AudioTextClassificationPipeline(model=model, processor=cmt_processor, device="cpu")
+    audio = noise(8000)
+    output = regressor(audio, text=TEXT, sampling_rate=16000)
+    (expected,) = expected_scores(model, cmt_processor, audio, TEXT, function=None)
+    assert set(output) == {"score", "sentiment_class", "polarity"}
+    assert output["score"] == pytest.approx(expected, abs=1e-5)
+    assert regressor(audio, text=TEXT, sampling_rate=16000, sentiment_views=False).keys() == {"score"}
+
+    def views(score):
+        meta = {"input_name": "x", "transcript": TEXT, "transcript_source": "given"}
+        return regressor.postprocess({"logits": torch.tensor([[score]]), **meta})
+
+    assert views(2.5) == {"score": 2.5, "sentiment_class": 2, "polarity": "positive"}  # halves round to even
+    assert views(-4.2)["sentiment_class"] == -3 and views(-4.2)["polarity"] == "negative"
+    assert views(0.3) == {"score": pytest.approx(0.3), "sentiment_class": 0, "polarity": "positive"}
+    assert views(0.0)["polarity"] == "neutral"
+
+
+def test_model_registry_in_process(cmt_processor):
+    """After `import modeling_cmt` the task resolves through the registry for a model object."""
+    model = build_classifier()
+    classifier = pipeline(TASK, model=model, processor=cmt_processor, device="cpu")
+    assert isinstance(classifier, AudioTextClassificationPipeline)
+    assert isinstance(classifier.processor, CMTProcessor)
+    assert_matches(
+        classifier(noise(8000), text=TEXT, sampling_rate=16000),
+        expected_scores(model, cmt_processor, noise(8000), TEXT),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Missing transcripts: ASR and audio-only
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asr_checkpoint(tmp_path_factory):
+    """A tiny random CTC model with a character vocabulary: it transcribes gibberish, deterministically."""
+    path = tmp_path_factory.mktemp("tiny-asr")
+    vocab = {
+        "<pad>": 0,
+        "<unk>": 1,
+        "|": 2,
+        **{char: index + 3 for index, char in enumerate("abcdefghijklmnopqrstuvwxyz")},
+    }
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), word_delimiter_token="|")
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, return_attention_mask=True)
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16, 16),
+        conv_kernel=(10, 8, 4),
+        conv_stride=(5, 8, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        pad_token_id=0,
+    )
+    model = Wav2Vec2ForCTC(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)  # sharper logits: characters rather than all blanks
+    model.save_pretrained(path)
+    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def test_asr_fallback_uses_exactly_the_asr_transcript(classifier, cmt_processor, asr_checkpoint):
+    asr = pipeline("automatic-speech-recognition", model=str(asr_checkpoint), device="cpu")
+    audio = noise(12000, seed=3)
+    transcript = asr({"raw": audio, "sampling_rate": 16000})["text"].strip()
+    assert transcript  # gibberish, but not empty
+
+    for asr_model in (asr, str(asr_checkpoint)):
+        output = classifier({"array": audio, "sampling_rate": 16000}, asr_model=asr_model)
+        assert all(entry["transcript"] == transcript and entry["audio_only"] is False for entry in output)
+        assert_matches(output, expected_scores(classifier.model, cmt_processor, audio, transcript))
+
+    # items with a transcript keep theirs; only the missing one is transcribed
+    outputs = classifier(
+        [{"array": audio, "sampling_rate": 16000}, {"array": audio, "sampling_rate": 16000, "text": TEXT}],
+        asr_model=asr,
+        batch_size=2,
+    )
+    assert outputs[0][0]["transcript"] == transcript
+    assert "transcript" not in outputs[1][0]
+
+
+def test_missing_transcript_is_an_error_unless_audio_only_is_allowed(classifier, cmt_processor):
+    audio = {"array": noise(8000), "sampling_rate": 16000}
+    with pytest.raises(ValueError, match=r"transcript of the audio array is missing: pass `text=`, `asr_model=`"):
+        classifier(audio)
+    with pytest.raises(ValueError, match=r"transcript of input 1 \(audio array\) is empty"):
+        classifier([{**audio, "text": TEXT}, {**audio, "text": "  "}])
+    output = classifier(audio, allow_audio_only=True)
+    assert all(entry["transcript"] == "" and entry["audio_only"] is True for entry in output)
+    assert_matches(output, expected_scores(classifier.model, cmt_processor, audio["array"], ""))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_audio_files_are_named(classifier, tmp_path):
+    with pytest.raises(FileNotFoundError, match="audio file '.*missing.wav': no such file"):
+        classifier(str(tmp_path / "missing.wav"), text=TEXT)
+    (tmp_path / "notes.wav").write_text("this is not audio")
+    with pytest.raises(ValueError, match="Could not decode audio file '.*notes.wav'"):
+        classifier(str(tmp_path / "notes.wav"), text=TEXT)
+    empty = write_wav(tmp_path / "empty.wav", np.zeros(0, np.int16))
+    with pytest.raises(ValueError, match="audio file '.*empty.wav' is empty"):
+        classifier(str(empty), text=TEXT)
+    corrupt = noise(8000)
+    corrupt[100] = np.nan
+    with pytest.raises(ValueError, match="audio file '.*nan.wav' contains NaN"):
+        classifier(str(write_wav(tmp_path / "nan.wav", corrupt)), text=TEXT)
+
+
+def test_bad_audio_arrays_are_named(classifier):
+    min_samples = classifier.model.base_model.min_input_samples()
+    with pytest.raises(ValueError, match="the audio array is empty"):
+        classifier(np.zeros(0, np.float32), text=TEXT, sampling_rate=16000)
+    corrupt = noise(8000)
+    corrupt[5] = np.inf
+    with pytest.raises(ValueError, match=r"input 1 \(audio array\) contains NaN or Inf"):
+        classifier([noise(8000), corrupt], text=[TEXT, TEXT], sampling_rate=16000)
+    with pytest.raises(ValueError, match=f"too short: {min_samples - 1} samples .* at least {min_samples}"):
+        classifier(noise(min_samples - 1), text=TEXT, sampling_rate=16000)
+    with pytest.raises(ValueError, match="1.0 s long, more than max_audio_seconds=0.5"):
+        classifier(noise(16000), text=TEXT, sampling_rate=16000, max_audio_seconds=0.5)
+    assert classifier(noise(16000), text=TEXT, sampling_rate=16000, max_audio_seconds=None)
+
+
+def test_low_rate_stereo_int16_is_resampled_and_downmixed(classifier, cmt_processor, tmp_path):
+    stereo = (np.stack([noise(8000, seed=4), noise(8000, seed=5)]) * 20000).astype(np.int16)  # (channels, samples)
+    expected = expected_scores(classifier.model, cmt_processor, stereo, TEXT, sampling_rate=8000)
+    assert_matches(classifier({"array": stereo, "sampling_rate": 8000}, text=TEXT), expected)
+    assert_matches(classifier({"array": stereo.T, "sampling_rate": 8000}, text=TEXT), expected)
+    path = write_wav(tmp_path / "stereo8k.wav", stereo, rate=8000)
+    assert_matches(classifier(str(path), text=TEXT), expected)
+
+
+def test_bad_transcripts(classifier, cmt_processor, caplog):
+    audio = {"array": noise(8000), "sampling_rate": 16000}
+    with pytest.raises(ValueError, match="transcript of the audio array must be a string, got int"):
+        classifier({**audio, "text": 42})
+    with pytest.raises(ValueError, match="pass `text` as a list of 2 transcripts"):
+        classifier([audio, audio], text=TEXT)
+    long_text = " ".join([TEXT] * 40)
+    output = classifier(audio, text=long_text)
+    assert "The transcript of the audio array has" in caplog.text and "it is truncated" in caplog.text
+    limit = classifier.default_max_text_length()
+    assert limit == 128
+    inputs = cmt_processor(audio=audio["array"], text=long_text, sampling_rate=16000, max_text_length=limit)
+    assert inputs["input_ids"].shape[-1] == limit
+    with torch.no_grad():
+        expected = classifier.model(**inputs).logits[0].softmax(-1).tolist()
+    assert_matches(output, expected)
+
+
+def test_only_cmt_classification_checkpoints_are_accepted(tmp_path, cmt_processor):
+    bare = tmp_path / "bare"
+    CMTModel(CMTConfig.from_preset("tiny")).save_pretrained(bare)
+    cmt_processor.save_pretrained(bare)
+    with pytest.raises(ValueError, match="was saved as CMTModel, which has no trained classification head"):
+        pipeline(TASK, model=str(bare), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+
+    hubert = tmp_path / "hubert"
+    HubertModel(HubertConfig(**CMTConfig.from_preset("tiny").audio_config.to_dict())).save_pretrained(hubert)
+    with pytest.raises(ValueError, match="needs a CMT classification checkpoint; .*hubert.* is a 'hubert' model"):
+        pipeline(TASK, model=str(hubert), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+
+    no_processor = tmp_path / "no-processor"
+    build_classifier().save_pretrained(no_processor)
+    with pytest.raises(ValueError, match="No tokenizer and feature extractor found"):
+        pipeline(TASK, model=str(no_processor), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving and remote code
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_classification_checkpoints_carry_the_pipeline(checkpoint, tmp_path):
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["custom_pipelines"] == {
+        TASK: {
+            "impl": "pipeline_cmt.AudioTextClassificationPipeline",
+            "pt": ["AutoModelForSequenceClassification"],
+            "type": "multimodal",
+        }
+    }
+    assert (checkpoint / "pipeline_cmt.py").is_file() and (checkpoint / "processing_cmt.py").is_file()
+    CMTModel(CMTConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    assert "custom_pipelines" not in json.loads((tmp_path / "config.json").read_text())
+
+
+FRESH_PROCESS = r"""
+import json, sys
+repo = sys.argv[2]
+sys.path = [entry for entry in sys.path if entry and not entry.startswith(repo)]
+sys.modules["modeling_cmt"] = None  # everything must come from the checkpoint's own code
+import numpy as np
+from transformers import pipeline
+
+classifier = pipeline("audio-text-classification", model=sys.argv[1], trust_remote_code=True, device="cpu")
+audio = np.load(sys.argv[1] + "/audio.npy")
+outputs = classifier([{"array": audio, "sampling_rate": 16000}] * 2, text=[sys.argv[3], ""], allow_audio_only=True)
+print(json.dumps({"pipeline": type(classifier).__module__, "model": type(classifier.model).__module__, "outputs": outputs}))
+"""
+
+
+def test_fresh_process_pipeline_with_trust_remote_code(classifier, checkpoint, tmp_path):
+    audio = noise(10000, seed=7)
+    np.save(checkpoint / "audio.npy", audio)
+    expected = [
+        classifier({"array": audio, "sampling_rate": 16000}, text=TEXT),
+        classifier({"array": audio, "sampling_rate": 16000}, allow_audio_only=True),
+    ]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(checkpoint), str(REPO), TEXT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh["pipeline"].startswith("transformers_modules") and fresh["pipeline"].endswith("pipeline_cmt")
+    assert fresh["model"].startswith("transformers_modules")
+    for got, want in zip(fresh["outputs"], expected):
+        assert [entry["label"] for entry in got] == [entry["label"] for entry in want]
+        np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in want], atol=1e-6)
+    assert fresh["outputs"][1][0]["audio_only"] is True
