@@ -127,7 +127,7 @@ def load_user_dataset(path: str | None) -> DatasetDict:
 
 
 def resolve_folds(task: TaskSpec, test_fold: str | None) -> list[int | None]:
-    """`test_fold` as the list of held-out sessions to run: one, or all of them for 'all'."""
+    """`test_fold` as the list of held-out sessions to run: one (`3`), several (`1,3,5`) or all of them (`all`)."""
     if not task.folds:
         if test_fold not in (None, "", "none"):
             raise ValueError(
@@ -138,9 +138,12 @@ def resolve_folds(task: TaskSpec, test_fold: str | None) -> list[int | None]:
         raise ValueError(f"Pass --test_fold with one of {list(task.folds)} or 'all' (leave-one-session-out).")
     if test_fold == "all":
         return list(task.folds)
-    if not test_fold.isdigit() or int(test_fold) not in task.folds:
-        raise ValueError(f"--test_fold must be one of {list(task.folds)} or 'all', got {test_fold!r}.")
-    return [int(test_fold)]
+    folds = test_fold.split(",")
+    if not all(fold.strip().isdigit() and int(fold) in task.folds for fold in folds) or len(set(folds)) != len(folds):
+        raise ValueError(
+            f"--test_fold must be one of {list(task.folds)}, a comma-separated list of them, or 'all'; got {test_fold!r}."
+        )
+    return [int(fold) for fold in folds]
 
 
 def load_corpus(task: TaskSpec, data_args) -> DatasetDict:

@@ -12,6 +12,7 @@ import evaluate
 import numpy as np
 import pytest
 
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_DIR = REPO_ROOT / "examples" / "metrics"
 

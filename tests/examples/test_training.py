@@ -143,7 +143,10 @@ def test_existing_results_are_not_overwritten_without_asking(run_script, synthet
     "arguments,message",
     [
         (["--task", "emotions"], "Unknown task 'emotions'. Available tasks: synthetic_emotion"),
-        (["--task", "synthetic_emotion", "--test_fold", "7"], r"--test_fold must be one of \[1, 2, 3, 4, 5\]"),
+        (
+            ["--task", "synthetic_emotion", "--test_fold", "7"],
+            r"--test_fold must be one of \[1, 2, 3, 4, 5\], a comma",
+        ),
         (["--task", "synthetic_emotion"], "Pass --test_fold"),
         (["--task", "iemocap", "--test_fold", "1"], "needs --data_dir"),
         (["--task", "dataset", "--dataset_path", "WORDS", "--label_column", "mood"], "'mood' is not a column"),

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+
 _CITATION = """\
 @inproceedings{chu-etal-2022-self,
     title = "Self-supervised Cross-modal Pretraining for Speech Emotion Recognition and Sentiment Analysis",

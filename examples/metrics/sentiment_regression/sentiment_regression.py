@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
+
 ACC7_ROUNDINGS = ("mult", "sdk")
 
 _CITATION = """\
