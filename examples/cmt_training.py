@@ -5,6 +5,7 @@ The model package (`modeling_cmt`) never imports this module; the scripts beside
 """
 
 import errno
+import hashlib
 import importlib.util
 import json
 import logging
@@ -255,6 +256,10 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Allow a checkpoint whose head has another number of labels."}
     )
+    cache_tower_outputs: bool = field(
+        default=False,
+        metadata={"help": "With --freeze_towers: run the towers once, cache their outputs, train only the rest."},
+    )
 
     def config_kwargs(self) -> dict[str, Any]:
         """CMTConfig values this run sets explicitly."""
@@ -411,6 +416,89 @@ class PretrainingCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = dict(AudioTextCollator(self.processor)([{k: v for k, v in r.items() if k != "labels"} for r in rows]))
         batch["input_ids"], batch["mlm_labels"] = self.masker.torch_mask_tokens(batch["input_ids"].clone())
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Frozen-tower caching
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def tower_fingerprint(model) -> str:
+    """A hash of the towers' configuration and weights: a cache built with other towers is never reused."""
+    cmt = model.base_model
+    digest = hashlib.sha256()
+    for name, tower in (("audio", cmt.audio_model), ("text", cmt.text_model)):
+        if tower is None:
+            continue
+        digest.update(name.encode() + tower.config.to_json_string(use_diff=False).encode())
+        for key, tensor in tower.state_dict().items():
+            digest.update(key.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def cache_tower_outputs(model, dataset: Dataset, collator: "AudioTextCollator", cache_dir, batch_size: int = 16):
+    """Runs the frozen towers once (eval mode: no dropout, no SpecAugment) over a prepared split and stores each
+    row's real frames and tokens: `audio_tower_output` (frames, hidden), `text_tower_output` (tokens, hidden),
+    `input_ids` (for the record), `labels`, and `length` = frames. The Arrow cache is keyed by the towers'
+    fingerprint and the split's fingerprint, so a stale cache is never read."""
+    cmt = model.base_model
+    key = f"{tower_fingerprint(model)}-{dataset._fingerprint}"
+    path = Path(cache_dir) / f"tower_cache-{key}"
+    if (path / "dataset_info.json").is_file():
+        return load_from_disk(str(path))
+    was_training = cmt.training
+    cmt.eval()
+
+    def rows():
+        for start in range(0, len(dataset), batch_size):
+            items = dataset.select(range(start, min(start + batch_size, len(dataset))))
+            batch = collator(list(items))
+            audio = text = frames = None
+            if cmt.audio_model is not None:
+                audio = cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])[0]
+                frames = cmt.audio_model._get_feat_extract_output_lengths(batch["audio_attention_mask"].sum(-1))
+            if cmt.text_model is not None:
+                text = cmt.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+            tokens = batch["attention_mask"].sum(-1)
+            for index, item in enumerate(items):
+                row = {
+                    name: item[name] for name in ("labels", "id", "speaker", "session", "item_type") if name in item
+                }
+                row["length"] = int(frames[index]) if audio is not None else int(tokens[index])
+                if audio is not None:
+                    row["audio_tower_output"] = audio[index, : int(frames[index])].float().numpy()
+                if text is not None:
+                    row["text_tower_output"] = text[index, : int(tokens[index])].float().numpy()
+                yield row
+
+    # The fingerprint is given, so `datasets` does not try to hash (pickle) the generator and the model it reads.
+    cached = Dataset.from_generator(rows, cache_dir=str(Path(cache_dir) / "generator"), fingerprint=key)
+    cached.save_to_disk(str(path))
+    cmt.train(was_training)
+    return load_from_disk(str(path))
+
+
+@dataclass
+class CachedTowerCollator:
+    """Pads cached tower outputs: `audio_tower_output` + `audio_frame_mask`, `text_tower_output` + `attention_mask`."""
+
+    regression: bool = False
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for name, mask_name in (("audio_tower_output", "audio_frame_mask"), ("text_tower_output", "attention_mask")):
+            if name not in rows[0]:
+                continue
+            states = [torch.as_tensor(np.asarray(row[name], dtype=np.float32)) for row in rows]
+            padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)  # (batch, longest, hidden)
+            lengths = torch.tensor([len(state) for state in states])
+            batch[name] = padded
+            batch[mask_name] = (torch.arange(padded.shape[1])[None] < lengths[:, None]).long()
+        if "labels" in rows[0]:
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.tensor([row["labels"] for row in rows], dtype=dtype)
         return batch
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import transformers
 from cmt_training import (
     AudioTextCollator,
+    CachedTowerCollator,
     CMTTrainer,
     CMTTrainingArguments,
     DataArguments,
@@ -35,6 +36,7 @@ from cmt_training import (
     aggregate,
     build_model,
     build_processor,
+    cache_tower_outputs,
     check_output_dir,
     compute_task_metrics,
     environment_card,
@@ -96,13 +98,28 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
             "--ignore_mismatched_sizes to replace the head."
         )
 
+    # Frozen towers: run them once and train the cross-modal layers and the head on their cached outputs
+    regression = task.problem == "regression"
+    collator, trained_on = AudioTextCollator(processor, regression=regression), prepared
+    if model_args.cache_tower_outputs:
+        if not model_args.freeze_towers:
+            raise ValueError(
+                "--cache_tower_outputs needs --freeze_towers true: cached outputs cannot train the towers."
+            )
+        cache_root = Path(data_args.cache_dir or output_dir) / "tower_cache"
+        with training_args.main_process_first(desc="caching tower outputs"):
+            trained_on = {
+                name: cache_tower_outputs(model, split, collator, cache_root) for name, split in prepared.items()
+            }
+        collator = CachedTowerCollator(regression=regression)
+
     # Trainer
     trainer = CMTTrainer(
         model=model,
         args=training_args,
-        train_dataset=prepared["train"],
-        eval_dataset=prepared["validation"],
-        data_collator=AudioTextCollator(processor, regression=task.problem == "regression"),
+        train_dataset=trained_on["train"],
+        eval_dataset=trained_on["validation"],
+        data_collator=collator,
         compute_metrics=make_compute_metrics(task, names),
         processing_class=processor,
     )
@@ -117,7 +134,7 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
     logger.warning(f"[rank {training_args.process_index}] parameter checksum: {checksum:.12e}")
 
     # Test on the held-out split with the selected checkpoint
-    prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
+    prediction = trainer.predict(trained_on["test"], metric_key_prefix="test")
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
     metrics = compute_task_metrics(task, logits, prediction.label_ids, names)
     by_item_type = {}
@@ -148,6 +165,7 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
         },
         "log_history": trainer.state.log_history,
         "parameter_checksum": checksum,
+        "cached_tower_outputs": model_args.cache_tower_outputs,
         "wall_time_s": round(time.time() - started, 1),
     }
     if trainer.is_world_process_zero():
