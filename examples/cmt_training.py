@@ -379,7 +379,9 @@ def prepare_split(dataset: Dataset, label_column: str | None, max_audio_seconds:
 
     if isinstance(dataset, IterableDataset):
         return dataset.map(decode, remove_columns=drop)
-    return dataset.map(decode, num_proc=num_proc, desc="decoding audio", remove_columns=drop)
+    prepared = dataset.map(decode, num_proc=num_proc, desc="decoding audio", remove_columns=drop)
+    # Rows come back with the waveform as a NumPy array (a zero-copy Arrow view), not a list of Python floats.
+    return prepared.with_format("numpy", columns=["waveform"], output_all_columns=True)
 
 
 @dataclass
@@ -446,8 +448,10 @@ def cache_tower_outputs(model, dataset: Dataset, collator: "AudioTextCollator", 
     cmt = model.base_model
     key = f"{tower_fingerprint(model)}-{dataset._fingerprint}"
     path = Path(cache_dir) / f"tower_cache-{key}"
+    arrays = ("audio_tower_output", "text_tower_output")
     if (path / "dataset_info.json").is_file():
-        return load_from_disk(str(path))
+        cached = load_from_disk(str(path))
+        return cached.with_format("numpy", columns=[n for n in arrays if n in cached.column_names], output_all_columns=True)
     was_training = cmt.training
     cmt.eval()
 
@@ -477,7 +481,8 @@ def cache_tower_outputs(model, dataset: Dataset, collator: "AudioTextCollator", 
     cached = Dataset.from_generator(rows, cache_dir=str(Path(cache_dir) / "generator"), fingerprint=key)
     cached.save_to_disk(str(path))
     cmt.train(was_training)
-    return load_from_disk(str(path))
+    cached = load_from_disk(str(path))
+    return cached.with_format("numpy", columns=[n for n in arrays if n in cached.column_names], output_all_columns=True)
 
 
 @dataclass
