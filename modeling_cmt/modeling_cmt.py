@@ -168,6 +168,14 @@ def _min_input_samples(conv_kernel, conv_stride) -> int:
     return samples
 
 
+def _check_tower_output(name: str, states: torch.Tensor, width: int, mask_name: str, mask: torch.Tensor | None):
+    """A precomputed tower output must be `(batch, length, width)`, and its mask `(batch, length)`."""
+    if states.dim() != 3 or states.shape[-1] != width:
+        raise ValueError(f"`{name}` must have shape (batch, length, {width}), got {tuple(states.shape)}.")
+    if mask is not None and mask.shape != states.shape[:2]:
+        raise ValueError(f"`{mask_name}` has shape {tuple(mask.shape)}, `{name}` has {tuple(states.shape[:2])}.")
+
+
 def _build_text_tower(text_config) -> PreTrainedModel:
     """The text tower as its transformers base model, without a pooling layer where the class has one."""
     model_class = MODEL_MAPPING[type(text_config)]
@@ -636,15 +644,7 @@ class CMTModel(CMTPreTrainedModel):
         batch_sizes = {}
         if self.audio_model is not None and audio_tower_output is not None:
             width = self.config.audio_config.hidden_size
-            if audio_tower_output.dim() != 3 or audio_tower_output.shape[-1] != width:
-                raise ValueError(
-                    f"`audio_tower_output` must have shape (batch, frames, {width}), got {tuple(audio_tower_output.shape)}."
-                )
-            if audio_frame_mask is not None and audio_frame_mask.shape != audio_tower_output.shape[:2]:
-                raise ValueError(
-                    f"`audio_frame_mask` has shape {tuple(audio_frame_mask.shape)}, `audio_tower_output` has "
-                    f"{tuple(audio_tower_output.shape[:2])} frames."
-                )
+            _check_tower_output("audio_tower_output", audio_tower_output, width, "audio_frame_mask", audio_frame_mask)
             batch_sizes["audio_tower_output"] = audio_tower_output.shape[0]
         elif self.audio_model is not None:
             if input_values is None:
@@ -677,15 +677,7 @@ class CMTModel(CMTPreTrainedModel):
             batch_sizes["input_values"] = input_values.shape[0]
         if self.text_model is not None and text_tower_output is not None:
             width = self.config.text_config.hidden_size
-            if text_tower_output.dim() != 3 or text_tower_output.shape[-1] != width:
-                raise ValueError(
-                    f"`text_tower_output` must have shape (batch, tokens, {width}), got {tuple(text_tower_output.shape)}."
-                )
-            if attention_mask is not None and attention_mask.shape != text_tower_output.shape[:2]:
-                raise ValueError(
-                    f"`attention_mask` has shape {tuple(attention_mask.shape)}, `text_tower_output` has "
-                    f"{tuple(text_tower_output.shape[:2])} tokens."
-                )
+            _check_tower_output("text_tower_output", text_tower_output, width, "attention_mask", attention_mask)
             batch_sizes["text_tower_output"] = text_tower_output.shape[0]
         elif self.text_model is not None:
             if input_ids is None:

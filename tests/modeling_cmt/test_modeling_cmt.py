@@ -607,3 +607,14 @@ def test_cached_pretraining_masks_the_tower_output_and_needs_unit_labels(make_ba
     scored = mask & frame_mask
     expected = torch.nn.functional.cross_entropy(outputs.unit_logits[scored], units[scored])
     torch.testing.assert_close(outputs.unit_loss, expected)
+
+
+def test_cached_tower_outputs_of_the_wrong_shape_are_named(tiny_model):
+    with pytest.raises(ValueError, match=r"`audio_tower_output` must have shape \(batch, length, 32\)"):
+        tiny_model(audio_tower_output=torch.zeros(2, 5, 16), text_tower_output=torch.zeros(2, 3, 32))
+    with pytest.raises(ValueError, match=r"`attention_mask` has shape \(2, 4\), `text_tower_output` has \(2, 3\)"):
+        tiny_model(
+            audio_tower_output=torch.zeros(2, 5, 32),
+            text_tower_output=torch.zeros(2, 3, 32),
+            attention_mask=torch.ones(2, 4, dtype=torch.long),
+        )
