@@ -25,6 +25,7 @@ from datasets import Audio, ClassLabel, Dataset, DatasetDict, IterableDataset, l
 from transformers import (
     AutoConfig,
     DataCollatorForLanguageModeling,
+    HfArgumentParser,
     RobertaTokenizerFast,
     Trainer,
     TrainingArguments,
@@ -323,6 +324,31 @@ class CMTTrainingArguments(TrainingArguments):
     )
 
 
+def parse_arguments(groups: tuple) -> tuple:
+    """The argument groups from the command line, or from one JSON file given as the only argument."""
+    parser = HfArgumentParser(groups)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=sys.argv[1])
+    return parser.parse_args_into_dataclasses()
+
+
+def setup_logging(training_args: TrainingArguments, *script_loggers: logging.Logger):
+    """Logs to stdout at the process's level (warnings only on ranks other than 0, as in transformers' scripts)."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    for script_logger in (*script_loggers, logger):
+        script_logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+
+
 def parse_overrides(text: str | None) -> dict[str, Any]:
     """'a=1,b=0.5,c=mean' -> {'a': 1, 'b': 0.5, 'c': 'mean'} (values parsed as JSON where possible)."""
     overrides = {}
@@ -451,7 +477,9 @@ def cache_tower_outputs(model, dataset: Dataset, collator: "AudioTextCollator", 
     arrays = ("audio_tower_output", "text_tower_output")
     if (path / "dataset_info.json").is_file():
         cached = load_from_disk(str(path))
-        return cached.with_format("numpy", columns=[n for n in arrays if n in cached.column_names], output_all_columns=True)
+        return cached.with_format(
+            "numpy", columns=[n for n in arrays if n in cached.column_names], output_all_columns=True
+        )
     was_training = cmt.training
     cmt.eval()
 
@@ -482,7 +510,9 @@ def cache_tower_outputs(model, dataset: Dataset, collator: "AudioTextCollator", 
     cached.save_to_disk(str(path))
     cmt.train(was_training)
     cached = load_from_disk(str(path))
-    return cached.with_format("numpy", columns=[n for n in arrays if n in cached.column_names], output_all_columns=True)
+    return cached.with_format(
+        "numpy", columns=[n for n in arrays if n in cached.column_names], output_all_columns=True
+    )
 
 
 @dataclass

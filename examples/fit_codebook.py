@@ -12,7 +12,6 @@ codebook, processor) for `run_pretrain.py --model_name_or_path`.
 """
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +25,11 @@ from cmt_training import (
     build_processor,
     check_output_dir,
     load_pretraining_corpus,
+    parse_arguments,
     prepare_split,
 )
 from sklearn.cluster import MiniBatchKMeans
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from modeling_cmt import CMTForPreTraining
 
@@ -50,11 +50,7 @@ class CodebookArguments:
 
 
 def main():
-    parser = HfArgumentParser((ModelArguments, DataArguments, CodebookArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, args = parser.parse_json_file(json_file=sys.argv[1])
-    else:
-        model_args, data_args, args = parser.parse_args_into_dataclasses()
+    model_args, data_args, args = parse_arguments((ModelArguments, DataArguments, CodebookArguments))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     check_output_dir(args)
     set_seed(args.seed)

@@ -19,13 +19,10 @@ versions, commit); a multi-fold run adds the mean ± std over folds.
 """
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-import datasets
 import numpy as np
-import transformers
 from cmt_training import (
     AudioTextCollator,
     CachedTowerCollator,
@@ -47,13 +44,15 @@ from cmt_training import (
     load_corpus,
     make_compute_metrics,
     parameter_checksum,
+    parse_arguments,
     prepare_split,
     resolve_folds,
+    setup_logging,
     task_splits,
     write_json,
 )
 from model_card import push_or_explain, write_model_card
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from modeling_cmt import CMTForSequenceClassification
 
@@ -175,23 +174,10 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
 
 def main():
     # Arguments: command line, or one JSON file
-    parser = HfArgumentParser((ModelArguments, DataArguments, CMTTrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(json_file=sys.argv[1])
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments, CMTTrainingArguments))
 
     # Logging
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logging.getLogger("cmt_training").setLevel(log_level)
+    setup_logging(training_args, logger)
 
     # Protocol
     task = get_task(data_args)

@@ -23,13 +23,10 @@ TAPT is the same script pointed at a task's training split (labels unused; the f
 
 import itertools
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-import transformers
 from cmt_training import (
     CMTTrainer,
     CMTTrainingArguments,
@@ -43,11 +40,13 @@ from cmt_training import (
     last_complete_checkpoint,
     load_pretraining_corpus,
     parameter_checksum,
+    parse_arguments,
     prepare_split,
+    setup_logging,
     write_json,
 )
 from datasets import IterableDataset
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from modeling_cmt import CMTForPreTraining
 
@@ -77,22 +76,12 @@ class CMTPretrainingArguments(CMTTrainingArguments):
 
 def main():
     # Arguments: command line, or one JSON file
-    parser = HfArgumentParser((ModelArguments, DataArguments, PretrainingArguments, CMTPretrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, pretraining_args, training_args = parser.parse_json_file(json_file=sys.argv[1])
-    else:
-        model_args, data_args, pretraining_args, training_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, pretraining_args, training_args = parse_arguments(
+        (ModelArguments, DataArguments, PretrainingArguments, CMTPretrainingArguments)
+    )
 
     # Logging
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
+    setup_logging(training_args, logger)
 
     # Protocol checks
     if pretraining_args.stage not in STAGES:
