@@ -54,3 +54,11 @@ demo: venv
 # A one-minute check of the model package alone: build, save in Hub layout, reload with remote code, classify.
 quickstart: venv
 	$(PY) examples/quickstart.py --output_dir demo_output/quickstart
+
+# Benchmarks (benchmarks/README.md): `bench` writes benchmarks/results/, `bench-smoke` runs them all tiny in seconds.
+.PHONY: bench bench-smoke
+bench: venv
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+bench-smoke: venv
+	$(PY) -m benchmarks --smoke $(BENCH_ARGS)

@@ -383,7 +383,12 @@ class Demo:
             waveform = torch.tensor(np.asarray(row["audio"]["array"], dtype=np.float32))[None]
             AudioEncoder(waveform, sample_rate=row["audio"]["sampling_rate"]).to_file(str(path))
             samples.append(
-                {"path": str(path.resolve()), "text": row["text"], "true": names[row["label"]], "item_type": row["item_type"]}
+                {
+                    "path": str(path.resolve()),
+                    "text": row["text"],
+                    "true": names[row["label"]],
+                    "item_type": row["item_type"],
+                }
             )
         environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         completed = subprocess.run(

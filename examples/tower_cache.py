@@ -1,0 +1,426 @@
+"""Frozen-tower caching: run the frozen audio and text towers once, keep their outputs on disk, and train only the
+cross-modal stack and the heads from the cache.
+
+Stage 1 of pretraining (`run_pretrain.py --stage 1`), frozen-tower fine-tuning (`--freeze_towers`) and probing run the
+towers at every step although their weights never change, and HuBERT on raw audio is most of a step's cost. With a
+cache the towers run once per dataset; every epoch after that costs only the cross-modal layers and the heads:
+
+    cache = build_tower_cache(model, prepared_train_split, processor, "caches/fold1-train")
+    model.freeze_towers()
+    trainer = CMTTrainer(model=model, args=args, train_dataset=cache, data_collator=TowerOutputCollator(), ...)
+
+or, as a script (frozen-tower fine-tuning of one fold, arguments as run_finetune.py's):
+
+    python examples/tower_cache.py --task synthetic_emotion --preset tiny --test_fold 1 \
+        --tower_cache_dir caches/synthetic --output_dir runs/frozen-towers
+
+What the cached mode changes, compared with running the frozen towers at every step:
+- the towers run once, in eval mode: no SpecAugment masking, dropout or layer drop inside the towers (with frozen
+  towers these only perturbed the cross stack's inputs; the cross-modal layers and heads keep their own dropout);
+- pretraining: frames chosen for masked acoustic unit prediction take the tower's mask embedding in the tower's
+  OUTPUT instead of its input (the tower never sees the masked audio); unit targets are assigned from the codebook
+  when the cache is built, from unmasked eval-mode features, exactly as the uncached model assigns them;
+- no masked language modelling: it needs the text tower to read the masked transcript (`mlm_labels` are refused);
+- every item's tower outputs come from one padded batch of the cache build (items sorted by length, so padding is
+  small). Towers whose feature encoder uses group norm (hubert-base) are not padding-invariant, so their outputs differ
+  slightly from those of any other batching, as they do between batchings without a cache; `batch_size=1` computes
+  every item unpadded.
+Everything else (cross-modal layers, pooling, heads, losses, optimizer) is unchanged: with dropout off, logits and
+losses from the cache equal those of the uncached model.
+
+A cache is a folder with `tower_outputs.arrow` (one row per item: `audio_tower_output` (frames, audio hidden),
+`text_tower_output` (tokens, text hidden), `length` in frames for length-grouped batching, and `labels` /
+`unit_labels` when there are any) and `tower_cache.json`, whose `fingerprint` hashes the towers' weights and
+configs, the processor, the codebook (pretraining), the dataset's content and how the cache was built. A cache whose
+fingerprint does not match is never used: `build_tower_cache` rebuilds it, or raises `StaleTowerCacheError` with
+`on_stale="error"`.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Array2D, Dataset, Features, List, Value
+from datasets.arrow_writer import ArrowWriter
+
+from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification, CMTPreTrainedModel, CMTProcessor
+
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+DATA_FILE = "tower_outputs.arrow"
+META_FILE = "tower_cache.json"
+SAMPLING_RATE = 16000
+STORAGE_DTYPES = ("float32", "float16")
+# Items run through the towers per sorted chunk: sorting within a chunk keeps padding small and rows in order.
+SORT_CHUNK_BATCHES = 16
+
+
+class StaleTowerCacheError(ValueError):
+    """A tower cache exists but was built from other tower weights, processor, codebook or data."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fingerprint
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _update_with_tensors(hasher, named_tensors):
+    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
+        tensor = tensor.detach().cpu().contiguous()
+        hasher.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+
+
+def _uses_unit_targets(model: CMTPreTrainedModel) -> bool:
+    return isinstance(model, CMTForPreTraining) and model.config.unit_loss_weight > 0
+
+
+def tower_cache_fingerprint(
+    model: CMTPreTrainedModel,
+    dataset: Dataset,
+    processor: CMTProcessor,
+    batch_size: int = 8,
+    storage_dtype: str = "float32",
+) -> str:
+    """SHA-256 of everything the cached tower outputs depend on: the cache format, both towers' configs and weights,
+    the codebook (pretraining models with a unit loss), the feature extractor and tokenizer, the dataset's waveforms,
+    transcripts and labels, and the build's batch size and storage dtype."""
+    cmt = model.base_model
+    hasher = hashlib.sha256()
+    hasher.update(f"format={CACHE_FORMAT_VERSION};batch_size={batch_size};dtype={storage_dtype}".encode())
+    for name, tower in (("audio", cmt.audio_model), ("text", cmt.text_model)):
+        hasher.update(f"{name}:{tower.config.to_json_string(use_diff=False)}".encode())
+        _update_with_tensors(hasher, tower.state_dict().items())
+    if _uses_unit_targets(model):
+        hasher.update(f"codebook_layer={model.config.codebook_layer}".encode())
+        _update_with_tensors(hasher, [("codebook", model.codebook)])
+    hasher.update(processor.feature_extractor.to_json_string().encode())
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    hasher.update(f"{type(tokenizer).__name__}:{tokenizer.model_max_length}:{vocabulary}".encode())
+    columns = [name for name in ("waveform", "text", "labels") if name in dataset.column_names]
+    hasher.update(f"rows={len(dataset)};columns={columns}".encode())
+    for batch in dataset.with_format("numpy", columns=columns).iter(batch_size=256):
+        for waveform in batch["waveform"]:
+            waveform = np.asarray(waveform, dtype=np.float32)
+            hasher.update(len(waveform).to_bytes(8, "little") + waveform.tobytes())
+        hasher.update(json.dumps([str(text) for text in batch["text"]]).encode())
+        if "labels" in batch:
+            hasher.update(np.asarray(batch["labels"]).tobytes())
+    return hasher.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building and loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_tower_cache(
+    model: CMTPreTrainedModel,
+    dataset: Dataset,
+    processor: CMTProcessor,
+    cache_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    storage_dtype: str = "float32",
+    on_stale: str = "rebuild",
+) -> Dataset:
+    """
+    The towers' outputs for every row of `dataset` (as `prepare_split` makes it: `waveform` at 16 kHz, `text`, and
+    optionally `labels`), as a torch-formatted `Dataset` that [`TowerOutputCollator`] batches. Reuses the cache in
+    `cache_dir` when its fingerprint matches, else builds it there (running the towers once, in eval mode, without
+    gradients, on the model's device). For a pretraining model with a unit loss, unit targets are stored too.
+
+    Args:
+        batch_size: items per tower forward while building.
+        storage_dtype: `"float32"` (exact) or `"float16"` (half the disk).
+        on_stale: what to do with a cache in `cache_dir` built from anything else: `"rebuild"` it (with a warning)
+            or `"error"` (raise [`StaleTowerCacheError`]).
+    """
+    if on_stale not in ("rebuild", "error"):
+        raise ValueError(f"on_stale must be 'rebuild' or 'error', got {on_stale!r}.")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {list(STORAGE_DTYPES)}, got {storage_dtype!r}.")
+    cmt = model.base_model
+    if cmt.audio_model is None or cmt.text_model is None:
+        raise ValueError(f"Tower caching needs both towers (modality='both'), got modality={model.config.modality!r}.")
+    missing = [name for name in ("waveform", "text") if name not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"The dataset lacks {missing}; build the cache from `prepare_split`'s output (columns waveform, text, "
+            f"labels), not from {dataset.column_names}."
+        )
+    if _uses_unit_targets(model) and not model.codebook_is_fitted:
+        raise ValueError("The unit codebook is not fitted: run examples/fit_codebook.py before caching unit targets.")
+
+    cache_dir = Path(cache_dir)
+    fingerprint = tower_cache_fingerprint(model, dataset, processor, batch_size, storage_dtype)
+    meta_path = cache_dir / META_FILE
+    if meta_path.is_file():
+        built_for = json.loads(meta_path.read_text()).get("fingerprint", "")
+        if built_for == fingerprint and (cache_dir / DATA_FILE).is_file():
+            logger.info(f"Using the tower cache in {cache_dir} ({fingerprint[:12]}).")
+            return load_tower_cache(cache_dir, fingerprint)
+        message = (
+            f"The tower cache in {cache_dir} was built from other tower weights, processor, codebook or data "
+            f"(fingerprint {built_for[:12] or 'missing'}, these give {fingerprint[:12]})"
+        )
+        if on_stale == "error":
+            raise StaleTowerCacheError(f"{message}: delete it, use another cache_dir, or pass on_stale='rebuild'.")
+        logger.warning(f"{message}: rebuilding it.")
+    _write_tower_cache(model, dataset, processor, cache_dir, fingerprint, batch_size, storage_dtype)
+    return load_tower_cache(cache_dir, fingerprint)
+
+
+def load_tower_cache(cache_dir: str | os.PathLike, fingerprint: str | None = None) -> Dataset:
+    """Opens a tower cache (memory-mapped, torch-formatted). With `fingerprint` (from [`tower_cache_fingerprint`]) a
+    cache built from anything else raises [`StaleTowerCacheError`]."""
+    cache_dir = Path(cache_dir)
+    meta_path, data_path = cache_dir / META_FILE, cache_dir / DATA_FILE
+    if not (meta_path.is_file() and data_path.is_file()):
+        raise FileNotFoundError(f"No complete tower cache in {cache_dir} (needs {META_FILE} and {DATA_FILE}).")
+    meta = json.loads(meta_path.read_text())
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise StaleTowerCacheError(
+            f"The tower cache in {cache_dir} has fingerprint {meta.get('fingerprint', '')[:12]}, expected "
+            f"{fingerprint[:12]}: it was built from other tower weights, processor, codebook or data."
+        )
+    dataset = Dataset.from_file(str(data_path))
+    tensors = [name for name in dataset.column_names if name != "length"]
+    return dataset.with_format("torch", columns=tensors, output_all_columns=True)
+
+
+def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: str) -> Features:
+    config = model.config
+    features = {
+        "audio_tower_output": Array2D(shape=(None, config.audio_config.hidden_size), dtype=storage_dtype),
+        "text_tower_output": Array2D(shape=(None, config.text_config.hidden_size), dtype=storage_dtype),
+        "length": Value("int32"),
+    }
+    if "labels" in dataset.column_names:
+        features["labels"] = dataset.features["labels"]
+    if _uses_unit_targets(model):
+        features["unit_labels"] = List(Value("int32"))
+    return Features(features)
+
+
+@torch.no_grad()
+def _tower_outputs(model: CMTPreTrainedModel, processor: CMTProcessor, rows: list[dict]) -> list[dict]:
+    """Runs both towers on one padded batch and returns each item's unpadded outputs."""
+    cmt = model.base_model
+    device = next(cmt.parameters()).device
+    inputs = processor(
+        audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows],
+        text=[row["text"] for row in rows],
+        sampling_rate=SAMPLING_RATE,
+        return_tensors="pt",
+    )
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    with_units = _uses_unit_targets(model)
+    audio = cmt.audio_model(
+        inputs["input_values"].to(cmt.audio_model.dtype),
+        attention_mask=inputs["audio_attention_mask"],
+        output_hidden_states=with_units,
+    )
+    frames = cmt.audio_model._get_feat_extract_output_lengths(inputs["audio_attention_mask"].sum(-1)).tolist()
+    text = cmt.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    tokens = inputs["attention_mask"].sum(-1).tolist()
+    units = model.assign_units(audio.hidden_states[model.config.codebook_layer]) if with_units else None
+    outputs = []
+    for index, row in enumerate(rows):
+        item = {
+            "audio_tower_output": audio.last_hidden_state[index, : frames[index]].float().cpu().numpy(),
+            "text_tower_output": text[index, : tokens[index]].float().cpu().numpy(),
+            "length": int(frames[index]),
+        }
+        if "labels" in row:
+            item["labels"] = row["labels"]
+        if units is not None:
+            item["unit_labels"] = units[index, : frames[index]].cpu().numpy().astype(np.int32)
+        outputs.append(item)
+    return outputs
+
+
+def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, batch_size, storage_dtype):
+    started = time.perf_counter()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / META_FILE).unlink(missing_ok=True)  # the metadata is written last: without it a cache is incomplete
+    temporary = cache_dir / f"{DATA_FILE}.tmp"
+    columns = [name for name in ("waveform", "text", "labels") if name in dataset.column_names]
+    rows = dataset.select_columns(columns).with_format("numpy")
+    lengths = list(dataset["length"]) if "length" in dataset.column_names else None
+    chunk = batch_size * SORT_CHUNK_BATCHES
+    was_training = model.training
+    model.eval()
+    writer = ArrowWriter(features=_cache_features(model, dataset, storage_dtype), path=str(temporary))
+    try:
+        for start in range(0, len(dataset), chunk):
+            indices = list(range(start, min(start + chunk, len(dataset))))
+            chunk_rows = {index: rows[index] for index in indices}
+            by_length = sorted(
+                indices,
+                key=lambda index: lengths[index] if lengths is not None else len(chunk_rows[index]["waveform"]),
+                reverse=True,
+            )
+            outputs = {}
+            for offset in range(0, len(by_length), batch_size):
+                batch_indices = by_length[offset : offset + batch_size]
+                items = _tower_outputs(model, processor, [chunk_rows[index] for index in batch_indices])
+                outputs.update(zip(batch_indices, items))
+            for index in indices:
+                writer.write(outputs[index])
+        writer.finalize()
+    finally:
+        writer.close()
+        model.train(was_training)
+    os.replace(temporary, cache_dir / DATA_FILE)
+    meta = {
+        "fingerprint": fingerprint,
+        "format_version": CACHE_FORMAT_VERSION,
+        "rows": len(dataset),
+        "batch_size": batch_size,
+        "storage_dtype": storage_dtype,
+        "unit_labels": _uses_unit_targets(model),
+        "audio_tower": model.config.audio_config.model_type,
+        "text_tower": model.config.text_config.model_type,
+        "build_seconds": round(time.perf_counter() - started, 2),
+    }
+    (cache_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info(f"Built the tower cache in {cache_dir}: {len(dataset)} rows in {meta['build_seconds']} s.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Collator
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TowerOutputCollator:
+    """Pads cached rows into what `forward` takes when the towers are skipped: `audio_tower_output` (batch, frames,
+    hidden) with the boolean `audio_frame_mask`, `text_tower_output` (batch, tokens, text hidden) with the token
+    `attention_mask`, and `labels` / `unit_labels` when the rows have them."""
+
+    regression: bool = False
+    feature_dtype: torch.dtype = field(default=torch.float32)
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        audio = [torch.as_tensor(row["audio_tower_output"], dtype=self.feature_dtype) for row in rows]
+        text = [torch.as_tensor(row["text_tower_output"], dtype=self.feature_dtype) for row in rows]
+        frames = torch.tensor([len(states) for states in audio])
+        tokens = torch.tensor([len(states) for states in text])
+        batch = {
+            "audio_tower_output": torch.nn.utils.rnn.pad_sequence(audio, batch_first=True),  # (batch, frames, hidden)
+            "audio_frame_mask": torch.arange(int(frames.max()))[None, :] < frames[:, None],  # (batch, frames)
+            "text_tower_output": torch.nn.utils.rnn.pad_sequence(text, batch_first=True),  # (batch, tokens, hidden)
+            "attention_mask": (torch.arange(int(tokens.max()))[None, :] < tokens[:, None]).long(),
+        }
+        if "labels" in rows[0]:
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.stack([torch.as_tensor(row["labels"]) for row in rows]).to(dtype)
+        if "unit_labels" in rows[0]:
+            units = [torch.as_tensor(row["unit_labels"], dtype=torch.long) for row in rows]
+            batch["unit_labels"] = torch.nn.utils.rnn.pad_sequence(units, batch_first=True)  # (batch, frames)
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Script: frozen-tower fine-tuning of one fold from cached tower outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TowerCacheArguments:
+    tower_cache_dir: str = field(metadata={"help": "Folder of the caches (one sub-folder per split)."})
+    tower_cache_batch_size: int = field(default=8, metadata={"help": "Items per tower forward while caching."})
+
+
+def main():
+    from cmt_training import (
+        CMTTrainer,
+        CMTTrainingArguments,
+        DataArguments,
+        ModelArguments,
+        build_model,
+        build_processor,
+        compute_task_metrics,
+        get_task,
+        label_names,
+        load_corpus,
+        make_compute_metrics,
+        prepare_split,
+        resolve_folds,
+        task_splits,
+        write_json,
+    )
+    from transformers import HfArgumentParser, set_seed
+
+    # Arguments: run_finetune.py's, plus where the caches go
+    parser = HfArgumentParser((ModelArguments, DataArguments, CMTTrainingArguments, TowerCacheArguments))
+    model_args, data_args, training_args, cache_args = parser.parse_args_into_dataclasses()
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    task = get_task(data_args)
+    folds = resolve_folds(task, data_args.test_fold)
+    if len(folds) != 1:
+        raise ValueError("examples/tower_cache.py runs one fold: pass --test_fold with one session.")
+    if training_args.metric_for_best_model == "task":
+        training_args.metric_for_best_model = task.best_metric
+        training_args.greater_is_better = task.greater_is_better
+    set_seed(training_args.seed)
+
+    # Data: the fold's splits, decoded once
+    splits = task_splits(task, load_corpus(task, data_args), folds[0])
+    prepared = {
+        name: prepare_split(split, task.label_column, data_args.max_audio_seconds) for name, split in splits.items()
+    }
+
+    # Model with frozen towers, and the towers' outputs cached per split
+    output_dir = Path(training_args.output_dir)
+    processor = build_processor(model_args, prepared["train"]["text"], output_dir)
+    names = label_names(task, splits["train"])
+    label_kwargs = {"num_labels": 1, "problem_type": "regression"}
+    if names is not None:
+        label_kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {}}
+        label_kwargs["label2id"] = {name: index for index, name in enumerate(names)}
+    model = build_model(CMTForSequenceClassification, model_args, processor, **label_kwargs)
+    model.freeze_towers()
+    caches = {
+        name: build_tower_cache(
+            model,
+            split,
+            processor,
+            Path(cache_args.tower_cache_dir) / name,
+            batch_size=cache_args.tower_cache_batch_size,
+        )
+        for name, split in prepared.items()
+    }
+
+    # Train the cross-modal stack and the head from the caches, then test
+    trainer = CMTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=caches["train"],
+        eval_dataset=caches["validation"],
+        data_collator=TowerOutputCollator(regression=task.problem == "regression"),
+        compute_metrics=make_compute_metrics(task, names),
+    )
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    processor.save_pretrained(str(output_dir))
+    prediction = trainer.predict(caches["test"], metric_key_prefix="test")
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    metrics = compute_task_metrics(task, logits, prediction.label_ids, names)
+    write_json(output_dir / "results.json", {"fold": folds[0], "metrics": metrics, "tower_cache": "frozen towers"})
+    logger.info(f"test {task.best_metric}: {metrics[task.best_metric]:.4f}; results in {output_dir}/results.json")
+
+
+if __name__ == "__main__":
+    main()
