@@ -14,6 +14,7 @@ logger = logging.get_logger(__name__)
 MODALITIES = ("both", "audio", "text")
 CROSS_LAYER_INITS = ("random", "audio_top_layers")
 POOLINGS = ("mean", "layer_pooler")
+POSITIONAL_CONV_IMPLEMENTATIONS = ("auto", "fft", "conv")
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
@@ -87,6 +88,12 @@ class CMTConfig(PreTrainedConfig):
             Weight of the masked language modelling loss on the text tower in pretraining (0 switches it off).
         matching_loss_weight (`float`, *optional*, defaults to 0.0):
             Weight of the audio–text matching loss (paired vs. in-batch shuffled transcript) in pretraining.
+        positional_conv_implementation (`str`, *optional*, defaults to `"auto"`):
+            How the audio tower's convolutional positional embedding (a grouped convolution with a 128-frame kernel
+            in hubert-base) is computed: `"fft"` through real FFTs in float32 (same weights and parameter names,
+            same result to float32 rounding; forward + backward 7x faster than cuDNN's grouped-convolution kernels
+            on an H100 in bf16, but 1.1-1.5x slower than oneDNN on CPU: see benchmarks/README.md), `"conv"` (the
+            tower's own `nn.Conv1d`) or `"auto"`: FFT on CUDA devices, the convolution elsewhere.
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
             Whether the pretraining MLM head's decoder shares the text tower's word embeddings (as RoBERTa's does).
 
@@ -130,6 +137,7 @@ class CMTConfig(PreTrainedConfig):
     unit_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
     matching_loss_weight: float = 0.0
+    positional_conv_implementation: str = "auto"
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -150,6 +158,7 @@ class CMTConfig(PreTrainedConfig):
 
         choice("modality", MODALITIES)
         choice("cross_layer_init", CROSS_LAYER_INITS)
+        choice("positional_conv_implementation", POSITIONAL_CONV_IMPLEMENTATIONS)
         choice("pooling", POOLINGS)
         if self.num_cross_layers < 0:
             raise ValueError(f"`num_cross_layers` must be >= 0, got {self.num_cross_layers}.")

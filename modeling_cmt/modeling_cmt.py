@@ -18,9 +18,9 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
-from transformers.models.hubert.modeling_hubert import eager_attention_forward
+from transformers.models.hubert.modeling_hubert import HubertPositionalConvEmbedding, eager_attention_forward
 from transformers.models.roberta.modeling_roberta import RobertaLMHead
-from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2PositionalConvEmbedding, _compute_mask_indices
 from transformers.utils import ModelOutput, logging
 
 from .configuration_cmt import CMTConfig, load_preset
@@ -174,6 +174,87 @@ def _check_tower_output(name: str, states: torch.Tensor, width: int, mask_name: 
         raise ValueError(f"`{name}` must have shape (batch, length, {width}), got {tuple(states.shape)}.")
     if mask is not None and mask.shape != states.shape[:2]:
         raise ValueError(f"`{mask_name}` has shape {tuple(mask.shape)}, `{name}` has {tuple(states.shape[:2])}.")
+
+
+def fft_grouped_conv1d(
+    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, groups: int
+) -> torch.Tensor:
+    """
+    `nn.functional.conv1d(inputs, weight, bias, padding=padding, groups=groups)` (stride 1, no dilation) computed
+    with real FFTs in float32: each group's channels are mixed per frequency by one complex matrix product. For the
+    long kernels of wav2vec2-family positional embeddings (128 taps, 16 groups) this is far cheaper than a direct
+    convolution, whose cuDNN kernels run grouped 1-D convolutions slowly. Returns float32, `(batch, out, frames)`.
+    """
+    batch, channels, frames = inputs.shape
+    out_channels, group_channels, kernel = weight.shape
+    padded = frames + 2 * padding
+    length = padded - kernel + 1
+    if length < 1:
+        raise ValueError(f"The input has {frames} frames; a {kernel}-tap kernel with padding {padding} needs more.")
+    size = 1 << (padded - 1).bit_length()  # >= padded: circular wrap-around never reaches the kept outputs
+    with torch.autocast(inputs.device.type, enabled=False):
+        spectrum = torch.fft.rfft(nn.functional.pad(inputs.float(), (padding, padding)), n=size)
+        # cross-correlation (what conv1d computes) = convolution with the flipped kernel
+        kernel_spectrum = torch.fft.rfft(weight.float().flip(-1), n=size)
+        spectrum = spectrum.view(batch, groups, group_channels, -1).permute(1, 3, 2, 0)  # (groups, freq, in, batch)
+        kernel_spectrum = kernel_spectrum.view(groups, out_channels // groups, group_channels, -1).permute(0, 3, 1, 2)
+        mixed = torch.matmul(kernel_spectrum, spectrum)  # (groups, freq, out / groups, batch)
+        mixed = mixed.permute(3, 0, 2, 1).reshape(batch, out_channels, -1)
+        outputs = torch.fft.irfft(mixed, n=size)[..., kernel - 1 : kernel - 1 + length]
+        if bias is not None:
+            outputs = outputs + bias.float()[:, None]
+    return outputs
+
+
+def _fft_positional_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The forward of a wav2vec2-family convolutional positional embedding with the convolution done by FFT
+    (`"auto"`: on CUDA devices only; oneDNN's direct convolution is faster on CPU)."""
+    if self.positional_conv_implementation == "auto" and hidden_states.device.type != "cuda":
+        return super(type(self), self).forward(hidden_states)
+    dtype = hidden_states.dtype
+    hidden_states = hidden_states.transpose(1, 2)
+    if self.batch_norm is not None:
+        hidden_states = self.batch_norm(hidden_states)
+    conv = self.conv
+    hidden_states = fft_grouped_conv1d(hidden_states, conv.weight, conv.bias, conv.padding[0], conv.groups)
+    hidden_states = self.activation(self.padding(hidden_states.to(dtype)))
+    return hidden_states.transpose(1, 2)
+
+
+class CMTHubertPositionalConvEmbedding(HubertPositionalConvEmbedding):
+    """HuBERT's positional convolution with the FFT forward (same parameters and state-dict keys)."""
+
+    forward = _fft_positional_conv_forward
+
+
+class CMTWav2Vec2PositionalConvEmbedding(Wav2Vec2PositionalConvEmbedding):
+    """wav2vec 2.0's positional convolution with the FFT forward (same parameters and state-dict keys)."""
+
+    forward = _fft_positional_conv_forward
+
+
+FFT_POSITIONAL_CONV_CLASSES = {
+    HubertPositionalConvEmbedding: CMTHubertPositionalConvEmbedding,
+    Wav2Vec2PositionalConvEmbedding: CMTWav2Vec2PositionalConvEmbedding,
+}
+
+
+def _use_fft_positional_conv(audio_model: nn.Module, implementation: str = "fft") -> int:
+    """Gives the audio tower's convolutional positional embeddings the FFT forward (`implementation` "fft", or
+    "auto": on CUDA devices only), in place: a class swap to a subclass that only overrides `forward`, so parameters,
+    buffers and checkpoints are untouched. Returns how many modules changed; other architectures keep their own."""
+    changed = 0
+    for module in audio_model.modules():
+        fast_class = FFT_POSITIONAL_CONV_CLASSES.get(type(module))
+        conv = getattr(module, "conv", None)
+        if fast_class is None or not isinstance(conv, nn.Conv1d):
+            continue
+        if not isinstance(conv.padding, tuple) or conv.stride[0] != 1 or conv.dilation[0] != 1:
+            continue
+        module.__class__ = fast_class
+        module.positional_conv_implementation = implementation
+        changed += 1
+    return changed
 
 
 def _build_text_tower(text_config) -> PreTrainedModel:
@@ -602,6 +683,8 @@ class CMTModel(CMTPreTrainedModel):
         uses_audio = config.modality in ("both", "audio")
         uses_text = config.modality in ("both", "text")
         self.audio_model = AutoModel.from_config(config.audio_config) if uses_audio else None
+        if self.audio_model is not None and config.positional_conv_implementation != "conv":
+            _use_fft_positional_conv(self.audio_model, config.positional_conv_implementation)
         self.text_model = _build_text_tower(config.text_config) if uses_text else None
         audio_width, text_width = config.audio_config.hidden_size, config.text_config.hidden_size
         # Text states enter cross-attention (and L_ortho) in the audio width.

@@ -280,9 +280,12 @@ def tower_dirs(tmp_path):
     return tmp_path / "audio", tmp_path / "text"
 
 
-def test_from_audio_text_pretrained_towers_equal_standalone(make_batch, tower_dirs):
+@pytest.mark.parametrize("positional_conv", ["conv", "fft", "auto"])
+def test_from_audio_text_pretrained_towers_equal_standalone(make_batch, tower_dirs, positional_conv):
     audio_dir, text_dir = tower_dirs
-    model = CMTForSequenceClassification.from_audio_text_pretrained(str(audio_dir), str(text_dir), num_labels=4).eval()
+    model = CMTForSequenceClassification.from_audio_text_pretrained(
+        str(audio_dir), str(text_dir), num_labels=4, positional_conv_implementation=positional_conv
+    ).eval()
     hubert = HubertModel.from_pretrained(audio_dir).eval()
     roberta = RobertaModel.from_pretrained(text_dir, add_pooling_layer=False).eval()
     batch = make_batch()
@@ -291,9 +294,63 @@ def test_from_audio_text_pretrained_towers_equal_standalone(make_batch, tower_di
         actual_audio = model.cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])
         expected_text = roberta(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         actual_text = model.cmt.text_model(batch["input_ids"], attention_mask=batch["attention_mask"])
-    assert torch.equal(actual_audio.last_hidden_state, expected_audio)
+    if positional_conv != "fft":  # the tower's own convolution (on CPU, "auto" is the convolution): bit for bit
+        assert torch.equal(actual_audio.last_hidden_state, expected_audio)
+    else:  # the positional convolution by FFT: the same to float32 rounding on every real frame (padded frames
+        # are near-zero vectors that the tower's LayerNorm blows up, in both implementations: meaningless values)
+        frames = hubert._get_feature_vector_attention_mask(expected_audio.shape[1], batch["audio_attention_mask"])
+        assert frames.sum() < frames.numel()  # the batch is padded
+        torch.testing.assert_close(
+            actual_audio.last_hidden_state[frames.bool()], expected_audio[frames.bool()], rtol=1e-5, atol=1e-5
+        )
     assert torch.equal(actual_text.last_hidden_state, expected_text)
     assert model.config.audio_config._attn_implementation == hubert.config._attn_implementation
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "frames", "kernel", "groups"),
+    [(2, 768, 249, 128, 16), (3, 32, 7, 16, 4), (1, 8, 1, 4, 2), (2, 12, 40, 5, 3)],
+)
+def test_fft_grouped_conv1d_equals_conv1d_values_and_gradients(batch, channels, frames, kernel, groups):
+    from modeling_cmt.modeling_cmt import fft_grouped_conv1d
+
+    torch.manual_seed(0)
+    inputs = torch.randn(batch, channels, frames, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(channels, channels // groups, kernel, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(channels, dtype=torch.float64, requires_grad=True)
+    padding = kernel // 2
+    expected = torch.nn.functional.conv1d(inputs, weight, bias, padding=padding, groups=groups)
+    actual = fft_grouped_conv1d(inputs, weight, bias, padding, groups)  # float32 inside
+    assert actual.shape == expected.shape and actual.dtype == torch.float32
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=2e-6 * scale)
+    probe = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad((expected * probe).sum(), (inputs, weight, bias))
+    actual_grads = torch.autograd.grad((actual.double() * probe).sum(), (inputs, weight, bias))
+    for got, want in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-6 * want.abs().max().item())
+
+
+def test_fft_positional_conv_keeps_parameters_and_trains_like_the_tower(make_batch):
+    torch.manual_seed(0)
+    fft = CMTForSequenceClassification(CMTModelTester.no_dropout_config(positional_conv_implementation="fft")).train()
+    conv = CMTForSequenceClassification(
+        CMTModelTester.no_dropout_config(positional_conv_implementation="conv")
+    ).train()
+    assert type(fft.cmt.audio_model.encoder.pos_conv_embed).__name__ == "CMTHubertPositionalConvEmbedding"
+    assert type(conv.cmt.audio_model.encoder.pos_conv_embed).__name__ == "HubertPositionalConvEmbedding"
+    assert fft.state_dict().keys() == conv.state_dict().keys()
+    conv.load_state_dict(fft.state_dict())
+    batch = {**make_batch(), "labels": torch.tensor([0, 1, 3])}
+    fft_loss, conv_loss = fft(**batch).loss, conv(**batch).loss
+    torch.testing.assert_close(fft_loss, conv_loss, rtol=1e-5, atol=1e-6)
+    fft_loss.backward()
+    conv_loss.backward()
+    for (name, got), (_, want) in zip(fft.named_parameters(), conv.named_parameters()):
+        if want.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6, msg=name)
+    copied = __import__("copy").deepcopy(fft)  # the swapped class survives copies (Trainer, EMA, pickling)
+    assert type(copied.cmt.audio_model.encoder.pos_conv_embed) is type(fft.cmt.audio_model.encoder.pos_conv_embed)
 
 
 @pytest.mark.parametrize("modality", ["audio", "text"])

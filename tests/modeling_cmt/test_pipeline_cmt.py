@@ -164,7 +164,11 @@ def test_batch_of_mixed_lengths_equals_one_by_one(classifier):
             [entry["score"] for entry in output], [entry["score"] for entry in single], atol=1e-5
         )
     texts = [item.pop("text") for item in items]
-    assert classifier(items, text=texts, batch_size=2) == classifier([{**i, "text": t} for i, t in zip(items, texts)])
+    separate = classifier(items, text=texts, batch_size=2)
+    inline = classifier([{**i, "text": t} for i, t in zip(items, texts)])
+    for output, single in zip(separate, inline, strict=True):
+        assert [entry["label"] for entry in output] == [entry["label"] for entry in single]
+        np.testing.assert_allclose([entry["score"] for entry in output], [e["score"] for e in single], atol=1e-6)
 
 
 def test_top_k_and_function_to_apply(classifier, cmt_processor):
