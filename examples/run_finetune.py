@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 from cmt_training import (
     AudioTextCollator,
-    CachedTowerCollator,
     CMTTrainer,
     CMTTrainingArguments,
     DataArguments,
     ModelArguments,
     aggregate,
+    apply_cpu_allocator_tuning,
     build_model,
     build_processor,
-    cache_tower_outputs,
     check_output_dir,
     compute_task_metrics,
     environment_card,
@@ -52,6 +51,7 @@ from cmt_training import (
     write_json,
 )
 from model_card import push_or_explain, write_model_card
+from tower_cache import TowerOutputCollator, build_tower_cache, tower_cache_fingerprint
 from transformers import set_seed
 
 from modeling_cmt import CMTForSequenceClassification
@@ -106,11 +106,15 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
                 "--cache_tower_outputs needs --freeze_towers true: cached outputs cannot train the towers."
             )
         cache_root = Path(data_args.cache_dir or output_dir) / "tower_cache"
+        model.to(training_args.device)  # the towers run on the training device, where the Trainer would put them
         with training_args.main_process_first(desc="caching tower outputs"):
-            trained_on = {
-                name: cache_tower_outputs(model, split, collator, cache_root) for name, split in prepared.items()
-            }
-        collator = CachedTowerCollator(regression=regression)
+            trained_on = {}
+            for name, split in prepared.items():
+                # A folder per split, towers and data: runs sharing --cache_dir reuse caches and never overwrite them.
+                fingerprint = tower_cache_fingerprint(model, split, processor)
+                cache_dir = cache_root / f"{name}-{fingerprint[:16]}"
+                trained_on[name] = build_tower_cache(model, split, processor, cache_dir)
+        collator = TowerOutputCollator(regression=regression)
 
     # Trainer
     trainer = CMTTrainer(
@@ -178,6 +182,7 @@ def main():
 
     # Logging
     setup_logging(training_args, logger)
+    apply_cpu_allocator_tuning(training_args)
 
     # Protocol
     task = get_task(data_args)

@@ -33,6 +33,7 @@ from cmt_training import (
     DataArguments,
     ModelArguments,
     PretrainingCollator,
+    apply_cpu_allocator_tuning,
     build_model,
     build_processor,
     check_output_dir,
@@ -82,6 +83,7 @@ def main():
 
     # Logging
     setup_logging(training_args, logger)
+    apply_cpu_allocator_tuning(training_args)
 
     # Protocol checks
     if pretraining_args.stage not in STAGES:

@@ -9,10 +9,8 @@ cache the towers run once per dataset; every epoch after that costs only the cro
     model.freeze_towers()
     trainer = CMTTrainer(model=model, args=args, train_dataset=cache, data_collator=TowerOutputCollator(), ...)
 
-or, as a script (frozen-tower fine-tuning of one fold, arguments as run_finetune.py's):
-
-    python examples/tower_cache.py --task synthetic_emotion --preset tiny --test_fold 1 \
-        --tower_cache_dir caches/synthetic --output_dir runs/frozen-towers
+`run_finetune.py --freeze_towers true --cache_tower_outputs true` does this for every split, in
+`<--cache_dir, else the fold's output folder>/tower_cache/<split>-<fingerprint prefix>`.
 
 What the cached mode changes, compared with running the frozen towers at every step:
 - the towers run once, in eval mode: no SpecAugment masking, dropout or layer drop inside the towers (with frozen
@@ -26,14 +24,15 @@ What the cached mode changes, compared with running the frozen towers at every s
   slightly from those of any other batching, as they do between batchings without a cache; `batch_size=1` computes
   every item unpadded.
 Everything else (cross-modal layers, pooling, heads, losses, optimizer) is unchanged: with dropout off, logits and
-losses from the cache equal those of the uncached model.
+losses from the cache equal those of the uncached model. Single-modality models (`modality="audio"` / `"text"`) cache
+the one tower they have.
 
-A cache is a folder with `tower_outputs.arrow` (one row per item: `audio_tower_output` (frames, audio hidden),
-`text_tower_output` (tokens, text hidden), `length` in frames for length-grouped batching, and `labels` /
-`unit_labels` when there are any) and `tower_cache.json`, whose `fingerprint` hashes the towers' weights and
-configs, the processor, the codebook (pretraining), the dataset's content and how the cache was built. A cache whose
-fingerprint does not match is never used: `build_tower_cache` rebuilds it, or raises `StaleTowerCacheError` with
-`on_stale="error"`.
+A cache is a folder with `tower_outputs.arrow` (one row per item: `audio_tower_output` (frames, audio hidden) and/or
+`text_tower_output` (tokens, text hidden), `length` in frames (in tokens for text-only models) for length-grouped
+batching, and `labels` / `unit_labels` when there are any) and `tower_cache.json`, whose `fingerprint` hashes the
+towers' weights and configs, the processor, the codebook (pretraining), the dataset's content and how the cache was
+built. A cache whose fingerprint does not match is never used: `build_tower_cache` rebuilds it, or raises
+`StaleTowerCacheError` with `on_stale="error"`.
 """
 
 import hashlib
@@ -41,15 +40,16 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
+from torch.nn.utils.rnn import pad_sequence
 
-from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification, CMTPreTrainedModel, CMTProcessor
+from modeling_cmt import CMTForPreTraining, CMTPreTrainedModel, CMTProcessor
 
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,14 @@ def _update_with_tensors(hasher, named_tensors):
         hasher.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
 
 
+def _towers(model: CMTPreTrainedModel) -> list[tuple[str, torch.nn.Module]]:
+    """The towers the model has: both, or the one a single-modality model uses."""
+    cmt = model.base_model
+    return [
+        (name, tower) for name, tower in (("audio", cmt.audio_model), ("text", cmt.text_model)) if tower is not None
+    ]
+
+
 def _uses_unit_targets(model: CMTPreTrainedModel) -> bool:
     return isinstance(model, CMTForPreTraining) and model.config.unit_loss_weight > 0
 
@@ -90,13 +98,12 @@ def tower_cache_fingerprint(
     batch_size: int = 8,
     storage_dtype: str = "float32",
 ) -> str:
-    """SHA-256 of everything the cached tower outputs depend on: the cache format, both towers' configs and weights,
+    """SHA-256 of everything the cached tower outputs depend on: the cache format, the towers' configs and weights,
     the codebook (pretraining models with a unit loss), the feature extractor and tokenizer, the dataset's waveforms,
     transcripts and labels, and the build's batch size and storage dtype."""
-    cmt = model.base_model
     hasher = hashlib.sha256()
     hasher.update(f"format={CACHE_FORMAT_VERSION};batch_size={batch_size};dtype={storage_dtype}".encode())
-    for name, tower in (("audio", cmt.audio_model), ("text", cmt.text_model)):
+    for name, tower in _towers(model):
         hasher.update(f"{name}:{tower.config.to_json_string(use_diff=False)}".encode())
         _update_with_tensors(hasher, tower.state_dict().items())
     if _uses_unit_targets(model):
@@ -138,7 +145,8 @@ def build_tower_cache(
     The towers' outputs for every row of `dataset` (as `prepare_split` makes it: `waveform` at 16 kHz, `text`, and
     optionally `labels`), as a torch-formatted `Dataset` that [`TowerOutputCollator`] batches. Reuses the cache in
     `cache_dir` when its fingerprint matches, else builds it there (running the towers once, in eval mode, without
-    gradients, on the model's device). For a pretraining model with a unit loss, unit targets are stored too.
+    gradients, on the model's device). For a pretraining model with a unit loss, unit targets are stored too; a
+    single-modality model caches its one tower.
 
     Args:
         batch_size: items per tower forward while building.
@@ -150,9 +158,6 @@ def build_tower_cache(
         raise ValueError(f"on_stale must be 'rebuild' or 'error', got {on_stale!r}.")
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {list(STORAGE_DTYPES)}, got {storage_dtype!r}.")
-    cmt = model.base_model
-    if cmt.audio_model is None or cmt.text_model is None:
-        raise ValueError(f"Tower caching needs both towers (modality='both'), got modality={model.config.modality!r}.")
     missing = [name for name in ("waveform", "text") if name not in dataset.column_names]
     if missing:
         raise ValueError(
@@ -200,12 +205,11 @@ def load_tower_cache(cache_dir: str | os.PathLike, fingerprint: str | None = Non
 
 
 def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: str) -> Features:
-    config = model.config
     features = {
-        "audio_tower_output": Array2D(shape=(None, config.audio_config.hidden_size), dtype=storage_dtype),
-        "text_tower_output": Array2D(shape=(None, config.text_config.hidden_size), dtype=storage_dtype),
-        "length": Value("int32"),
+        f"{name}_tower_output": Array2D(shape=(None, tower.config.hidden_size), dtype=storage_dtype)
+        for name, tower in _towers(model)
     }
+    features["length"] = Value("int32")
     if "labels" in dataset.column_names:
         features["labels"] = dataset.features["labels"]
     if _uses_unit_targets(model):
@@ -215,38 +219,40 @@ def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: 
 
 @torch.no_grad()
 def _tower_outputs(model: CMTPreTrainedModel, processor: CMTProcessor, rows: list[dict]) -> list[dict]:
-    """Runs both towers on one padded batch and returns each item's unpadded outputs."""
+    """Runs the model's towers on one padded batch and returns each item's unpadded outputs."""
     cmt = model.base_model
     device = next(cmt.parameters()).device
     inputs = processor(
-        audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows],
-        text=[row["text"] for row in rows],
+        audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows] if cmt.audio_model is not None else None,
+        text=[row["text"] for row in rows] if cmt.text_model is not None else None,
         sampling_rate=SAMPLING_RATE,
         return_tensors="pt",
     )
     inputs = {key: value.to(device) for key, value in inputs.items()}
-    with_units = _uses_unit_targets(model)
-    audio = cmt.audio_model(
-        inputs["input_values"].to(cmt.audio_model.dtype),
-        attention_mask=inputs["audio_attention_mask"],
-        output_hidden_states=with_units,
-    )
-    frames = cmt.audio_model._get_feat_extract_output_lengths(inputs["audio_attention_mask"].sum(-1)).tolist()
-    text = cmt.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-    tokens = inputs["attention_mask"].sum(-1).tolist()
-    units = model.assign_units(audio.hidden_states[model.config.codebook_layer]) if with_units else None
-    outputs = []
-    for index, row in enumerate(rows):
-        item = {
-            "audio_tower_output": audio.last_hidden_state[index, : frames[index]].float().cpu().numpy(),
-            "text_tower_output": text[index, : tokens[index]].float().cpu().numpy(),
-            "length": int(frames[index]),
-        }
+    outputs = [{} for _ in rows]
+    if cmt.text_model is not None:
+        text = cmt.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        tokens = inputs["attention_mask"].sum(-1).tolist()
+        for index, item in enumerate(outputs):
+            item["text_tower_output"] = text[index, : tokens[index]].float().cpu().numpy()
+            item["length"] = int(tokens[index])
+    if cmt.audio_model is not None:
+        with_units = _uses_unit_targets(model)
+        audio = cmt.audio_model(
+            inputs["input_values"].to(cmt.audio_model.dtype),
+            attention_mask=inputs["audio_attention_mask"],
+            output_hidden_states=with_units,
+        )
+        frames = cmt.audio_model._get_feat_extract_output_lengths(inputs["audio_attention_mask"].sum(-1)).tolist()
+        units = model.assign_units(audio.hidden_states[model.config.codebook_layer]) if with_units else None
+        for index, item in enumerate(outputs):
+            item["audio_tower_output"] = audio.last_hidden_state[index, : frames[index]].float().cpu().numpy()
+            item["length"] = int(frames[index])  # length-grouped batching counts frames when there is audio
+            if units is not None:
+                item["unit_labels"] = units[index, : frames[index]].cpu().numpy().astype(np.int32)
+    for row, item in zip(rows, outputs):
         if "labels" in row:
             item["labels"] = row["labels"]
-        if units is not None:
-            item["unit_labels"] = units[index, : frames[index]].cpu().numpy().astype(np.int32)
-        outputs.append(item)
     return outputs
 
 
@@ -290,8 +296,7 @@ def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, 
         "batch_size": batch_size,
         "storage_dtype": storage_dtype,
         "unit_labels": _uses_unit_targets(model),
-        "audio_tower": model.config.audio_config.model_type,
-        "text_tower": model.config.text_config.model_type,
+        **{f"{name}_tower": tower.config.model_type for name, tower in _towers(model)},
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     (cache_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -307,120 +312,28 @@ def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, 
 class TowerOutputCollator:
     """Pads cached rows into what `forward` takes when the towers are skipped: `audio_tower_output` (batch, frames,
     hidden) with the boolean `audio_frame_mask`, `text_tower_output` (batch, tokens, text hidden) with the token
-    `attention_mask`, and `labels` / `unit_labels` when the rows have them."""
+    `attention_mask` (each when the cache has that tower), and `labels` (float for regression, else long) /
+    `unit_labels` when the rows have them."""
 
     regression: bool = False
-    feature_dtype: torch.dtype = field(default=torch.float32)
+    feature_dtype: torch.dtype = torch.float32
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        audio = [torch.as_tensor(row["audio_tower_output"], dtype=self.feature_dtype) for row in rows]
-        text = [torch.as_tensor(row["text_tower_output"], dtype=self.feature_dtype) for row in rows]
-        frames = torch.tensor([len(states) for states in audio])
-        tokens = torch.tensor([len(states) for states in text])
-        batch = {
-            "audio_tower_output": torch.nn.utils.rnn.pad_sequence(audio, batch_first=True),  # (batch, frames, hidden)
-            "audio_frame_mask": torch.arange(int(frames.max()))[None, :] < frames[:, None],  # (batch, frames)
-            "text_tower_output": torch.nn.utils.rnn.pad_sequence(text, batch_first=True),  # (batch, tokens, hidden)
-            "attention_mask": (torch.arange(int(tokens.max()))[None, :] < tokens[:, None]).long(),
-        }
+        batch = {}
+        if "audio_tower_output" in rows[0]:
+            audio = [torch.as_tensor(row["audio_tower_output"], dtype=self.feature_dtype) for row in rows]
+            frames = torch.tensor([len(states) for states in audio])
+            batch["audio_tower_output"] = pad_sequence(audio, batch_first=True)  # (batch, frames, hidden)
+            batch["audio_frame_mask"] = torch.arange(int(frames.max()))[None, :] < frames[:, None]  # (batch, frames)
+        if "text_tower_output" in rows[0]:
+            text = [torch.as_tensor(row["text_tower_output"], dtype=self.feature_dtype) for row in rows]
+            tokens = torch.tensor([len(states) for states in text])
+            batch["text_tower_output"] = pad_sequence(text, batch_first=True)  # (batch, tokens, hidden)
+            batch["attention_mask"] = (torch.arange(int(tokens.max()))[None, :] < tokens[:, None]).long()
         if "labels" in rows[0]:
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.stack([torch.as_tensor(row["labels"]) for row in rows]).to(dtype)
         if "unit_labels" in rows[0]:
             units = [torch.as_tensor(row["unit_labels"], dtype=torch.long) for row in rows]
-            batch["unit_labels"] = torch.nn.utils.rnn.pad_sequence(units, batch_first=True)  # (batch, frames)
+            batch["unit_labels"] = pad_sequence(units, batch_first=True)  # (batch, frames)
         return batch
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Script: frozen-tower fine-tuning of one fold from cached tower outputs
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TowerCacheArguments:
-    tower_cache_dir: str = field(metadata={"help": "Folder of the caches (one sub-folder per split)."})
-    tower_cache_batch_size: int = field(default=8, metadata={"help": "Items per tower forward while caching."})
-
-
-def main():
-    from cmt_training import (
-        CMTTrainer,
-        CMTTrainingArguments,
-        DataArguments,
-        ModelArguments,
-        build_model,
-        build_processor,
-        compute_task_metrics,
-        get_task,
-        label_names,
-        load_corpus,
-        make_compute_metrics,
-        prepare_split,
-        resolve_folds,
-        task_splits,
-        write_json,
-    )
-    from transformers import HfArgumentParser, set_seed
-
-    # Arguments: run_finetune.py's, plus where the caches go
-    parser = HfArgumentParser((ModelArguments, DataArguments, CMTTrainingArguments, TowerCacheArguments))
-    model_args, data_args, training_args, cache_args = parser.parse_args_into_dataclasses()
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    task = get_task(data_args)
-    folds = resolve_folds(task, data_args.test_fold)
-    if len(folds) != 1:
-        raise ValueError("examples/tower_cache.py runs one fold: pass --test_fold with one session.")
-    if training_args.metric_for_best_model == "task":
-        training_args.metric_for_best_model = task.best_metric
-        training_args.greater_is_better = task.greater_is_better
-    set_seed(training_args.seed)
-
-    # Data: the fold's splits, decoded once
-    splits = task_splits(task, load_corpus(task, data_args), folds[0])
-    prepared = {
-        name: prepare_split(split, task.label_column, data_args.max_audio_seconds) for name, split in splits.items()
-    }
-
-    # Model with frozen towers, and the towers' outputs cached per split
-    output_dir = Path(training_args.output_dir)
-    processor = build_processor(model_args, prepared["train"]["text"], output_dir)
-    names = label_names(task, splits["train"])
-    label_kwargs = {"num_labels": 1, "problem_type": "regression"}
-    if names is not None:
-        label_kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {}}
-        label_kwargs["label2id"] = {name: index for index, name in enumerate(names)}
-    model = build_model(CMTForSequenceClassification, model_args, processor, **label_kwargs)
-    model.freeze_towers()
-    caches = {
-        name: build_tower_cache(
-            model,
-            split,
-            processor,
-            Path(cache_args.tower_cache_dir) / name,
-            batch_size=cache_args.tower_cache_batch_size,
-        )
-        for name, split in prepared.items()
-    }
-
-    # Train the cross-modal stack and the head from the caches, then test
-    trainer = CMTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=caches["train"],
-        eval_dataset=caches["validation"],
-        data_collator=TowerOutputCollator(regression=task.problem == "regression"),
-        compute_metrics=make_compute_metrics(task, names),
-    )
-    trainer.train()
-    trainer.save_model(str(output_dir))
-    processor.save_pretrained(str(output_dir))
-    prediction = trainer.predict(caches["test"], metric_key_prefix="test")
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    metrics = compute_task_metrics(task, logits, prediction.label_ids, names)
-    write_json(output_dir / "results.json", {"fold": folds[0], "metrics": metrics, "tower_cache": "frozen towers"})
-    logger.info(f"test {task.best_metric}: {metrics[task.best_metric]:.4f}; results in {output_dir}/results.json")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,17 +1,24 @@
-"""examples/tower_cache.py: cached tower outputs give what the towers give, stale caches are never used, and the
-cache trains the cross-modal stack from a Trainer."""
+"""examples/tower_cache.py: cached tower outputs give what the towers give, stale caches are never used, the cache
+trains the cross-modal stack from a Trainer, and `run_finetune.py --cache_tower_outputs` trains from one cache per
+split."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Audio, Dataset, DatasetDict, Features, Value
 
 from modeling_cmt import CMTConfig, CMTForPreTraining, CMTForSequenceClassification
 from modeling_cmt.configuration_cmt import load_preset
 
 
+TINY = [
+    "--preset", "tiny", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--learning_rate", "3e-3", "--disable_tqdm", "true", "--logging_steps", "5", "--max_audio_seconds", "3",
+    "--dataloader_pin_memory", "false", "--seed", "0",
+]  # fmt: skip
 SENTENCES = [
     "I can't believe you did that, it is wonderful!",
     "This is terrible and I am so angry right now.",
@@ -47,18 +54,24 @@ def tiny_config(**overrides) -> CMTConfig:
     return CMTConfig(**{**values, **overrides})
 
 
-def prepared_rows(count: int = 10, seed: int = 0) -> Dataset:
-    """Rows as `prepare_split` makes them: waveform (16 kHz float32), length, text, labels."""
+def prepared_rows(count: int = 10, seed: int = 0, regression: bool = False) -> Dataset:
+    """Rows as `prepare_split` makes them: waveform (16 kHz float32), length, text, labels (class ids, or sentiment
+    scores in [-3, 3] for regression)."""
     generator = np.random.default_rng(seed)
     lengths = generator.integers(3000, 9000, count)
+    labels = generator.uniform(-3, 3, count).round(2).tolist() if regression else [int(i % 4) for i in range(count)]
     return Dataset.from_dict(
         {
             "waveform": [(generator.standard_normal(n) * 0.1).astype(np.float32) for n in lengths],
             "length": [int(n) for n in lengths],
             "text": [SENTENCES[i % len(SENTENCES)] for i in range(count)],
-            "labels": [int(i % 4) for i in range(count)],
+            "labels": labels,
         }
     )
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 @pytest.fixture
@@ -75,26 +88,72 @@ def training():
     return cmt_training
 
 
-def cached_batch(tower_cache, cache, indices):
-    return tower_cache.TowerOutputCollator()([cache[i] for i in indices])
+def cached_batch(tower_cache, cache, indices, regression=False):
+    return tower_cache.TowerOutputCollator(regression=regression)([cache[i] for i in indices])
 
 
-def uncached_batch(training, processor, dataset, indices):
-    return training.AudioTextCollator(processor)([dataset[i] for i in indices])
+def uncached_batch(training, processor, dataset, indices, regression=False):
+    return training.AudioTextCollator(processor, regression=regression)([dataset[i] for i in indices])
 
 
-def test_cached_logits_and_loss_equal_the_uncached_model(tower_cache, training, processor, tmp_path):
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        {"pooling": "layer_pooler"},
+        {"modality": "audio", "num_cross_layers": 0},
+        {"modality": "text", "num_cross_layers": 0},
+    ],
+    ids=["cmt", "hubert_only", "roberta_only"],
+)
+def test_cached_logits_and_loss_equal_the_uncached_model(tower_cache, training, processor, tmp_path, architecture):
     torch.manual_seed(0)
-    model = CMTForSequenceClassification(tiny_config(pooling="layer_pooler")).eval()
+    model = CMTForSequenceClassification(tiny_config(**architecture)).eval()
     dataset = prepared_rows()
     cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache", batch_size=3)
     assert len(cache) == len(dataset)
+    towers = {"both": {"audio", "text"}, "audio": {"audio"}, "text": {"text"}}[model.config.modality]
+    assert {name for name in ("audio", "text") if f"{name}_tower_output" in cache.column_names} == towers
+    grouped_by = "audio_tower_output" if "audio" in towers else "text_tower_output"  # frames, or tokens without audio
+    assert list(cache["length"]) == [len(row[grouped_by]) for row in cache]
     indices = [0, 3, 4, 7]  # another batching than the cache build's
+    batch = cached_batch(tower_cache, cache, indices)
+    assert batch["labels"].dtype == torch.long
     with torch.no_grad():
         expected = model(**uncached_batch(training, processor, dataset, indices))
-        cached = model(**cached_batch(tower_cache, cache, indices))
+        cached = model(**batch)
     torch.testing.assert_close(cached.logits, expected.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_regression_cache_keeps_float_labels(tower_cache, training, processor, tmp_path):
+    torch.manual_seed(0)
+    model = CMTForSequenceClassification(tiny_config(num_labels=1, problem_type="regression")).eval()
+    dataset = prepared_rows(regression=True)
+    cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache")
+    indices = [1, 2, 8]
+    batch = cached_batch(tower_cache, cache, indices, regression=True)
+    assert batch["labels"].dtype == torch.float32
+    torch.testing.assert_close(batch["labels"], torch.tensor([dataset[i]["labels"] for i in indices]))
+    with torch.no_grad():
+        expected = model(**uncached_batch(training, processor, dataset, indices, regression=True))
+        cached = model(**batch)
+    torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_of_a_prepared_split_reproduces_the_towers(tower_cache, training, word_dataset, tmp_path):
+    split = training.prepare_split(
+        training.load_user_dataset(str(word_dataset))["validation"].select(range(12)), "label", 3.0
+    )
+    model_args = training.ModelArguments(preset="tiny", freeze_towers=True)
+    processor = training.build_processor(model_args, split["text"], tmp_path)
+    model = training.build_model(CMTForSequenceClassification, model_args, processor, num_labels=2).eval()
+    cache = tower_cache.build_tower_cache(model, split, processor, tmp_path / "cache", batch_size=5)
+    assert len(cache) == 12
+    assert {"audio_tower_output", "text_tower_output", "labels", "length"} <= set(cache.column_names)
+    with torch.no_grad():
+        expected = model(**training.AudioTextCollator(processor)(list(split))).logits
+        actual = model(**tower_cache.TowerOutputCollator()(list(cache))).logits
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cached_train_step_gives_the_same_gradients_with_dropout_off(tower_cache, training, processor, tmp_path):
@@ -231,35 +290,106 @@ def test_cache_trains_the_cross_stack_from_a_trainer(tower_cache, training, proc
     assert all(np.isfinite(entry["train_loss"]) for entry in trainer.state.log_history if "train_loss" in entry)
 
 
-def test_script_fine_tunes_one_fold_from_caches(tmp_path, monkeypatch):
-    import tower_cache
+# --- run_finetune.py --cache_tower_outputs ----------------------------------------------------------------------
 
+
+def scored_dataset(path: Path) -> Path:
+    """A tiny DatasetDict with a float label (`--task dataset` makes it a regression task)."""
     generator = np.random.default_rng(0)
-    features = Features(
-        {"audio": __import__("datasets").Audio(sampling_rate=16000), "text": Value("string"),
-         "label": ClassLabel(names=["negative", "positive"])}
-    )  # fmt: skip
+    features = Features({"audio": Audio(sampling_rate=16000), "text": Value("string"), "score": Value("float32")})
 
     def split(size):
-        rows = {"audio": [], "text": [], "label": []}
+        rows = {"audio": [], "text": [], "score": []}
         for index in range(size):
             rows["audio"].append(
                 {"array": generator.standard_normal(4000).astype(np.float32) * 0.1, "sampling_rate": 16000}
             )
             rows["text"].append(SENTENCES[index % len(SENTENCES)])
-            rows["label"].append(index % 2)
+            rows["score"].append(float(generator.uniform(-3, 3)))
         return Dataset.from_dict(rows, features=features)
 
-    data = tmp_path / "data"
-    DatasetDict({"train": split(8), "validation": split(4), "test": split(4)}).save_to_disk(str(data))
+    DatasetDict({"train": split(16), "validation": split(8), "test": split(8)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Every CMTTrainer the script builds, to look at its datasets and collator after the run."""
+    import cmt_training
+
+    built = []
+    original = cmt_training.CMTTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(cmt_training.CMTTrainer, "__init__", init)
+    return built
+
+
+def test_run_finetune_caching_needs_frozen_towers(run_script, word_dataset, tmp_path):
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--cache_tower_outputs", "true"]
+    with pytest.raises(ValueError, match="needs --freeze_towers true"):
+        run_script("run_finetune", *arguments, "--max_steps", "1", "--output_dir", tmp_path / "run")
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression"])
+def test_run_finetune_trains_from_one_cache_per_split(
+    tower_cache, run_script, trainers, word_dataset, tmp_path, problem
+):
+    task = ["--dataset_path", word_dataset]
+    if problem == "regression":
+        task = ["--dataset_path", scored_dataset(tmp_path / "scored"), "--label_column", "score"]
     output = tmp_path / "run"
+    run_script(
+        "run_finetune", "--task", "dataset", *task, *TINY, "--freeze_towers", "true", "--cache_tower_outputs", "true",
+        "--num_train_epochs", "2", "--output_dir", output,
+    )  # fmt: skip
+    results = read_json(output / "results.json")
+    assert results["folds"][0]["cached_tower_outputs"] is True
+    if problem == "regression":
+        assert np.isfinite(results["aggregate"]["mae"]["mean"])
+    else:
+        assert 0 <= results["aggregate"]["wa"]["mean"] <= 1
+    caches = sorted((output / "tower_cache").iterdir())
+    assert [folder.name.split("-")[0] for folder in caches] == ["test", "train", "validation"]
+    assert all((folder / tower_cache.META_FILE).is_file() for folder in caches)
+
+    trainer = trainers[0]
+    collator, train = trainer.data_collator, trainer.train_dataset
+    assert isinstance(collator, tower_cache.TowerOutputCollator) and collator.regression == (problem == "regression")
+    frames = [len(row["audio_tower_output"]) for row in train]
+    assert list(trainer._get_train_sampler().lengths) == list(train["length"]) == frames  # length-grouped batches
+    batch = collator([train[index] for index in range(4)])
+    assert batch["labels"].dtype == (torch.float32 if problem == "regression" else torch.long)
+    torch.testing.assert_close(
+        batch["labels"], torch.stack([train[index]["labels"] for index in range(4)]).to(batch["labels"].dtype)
+    )
+    if problem == "regression":
+        assert (batch["labels"] != batch["labels"].round()).any()  # scores were not cut to integers
+
+
+def test_run_finetune_reuses_caches_and_keys_them_by_the_towers(
+    tower_cache, run_script, word_dataset, tmp_path, monkeypatch
+):
     arguments = [
-        "tower_cache.py", "--task", "dataset", "--dataset_path", str(data), "--preset", "tiny",
-        "--tower_cache_dir", str(tmp_path / "caches"), "--output_dir", str(output), "--num_train_epochs", "1",
-        "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--freeze_towers", "true",
+        "--cache_tower_outputs", "true", "--max_steps", "1", "--cache_dir", tmp_path / "cache",
     ]  # fmt: skip
-    monkeypatch.setattr("sys.argv", arguments)
-    tower_cache.main()
-    results = json.loads((output / "results.json").read_text())
-    assert "ua" in results["metrics"]
-    assert {path.name for path in (tmp_path / "caches").iterdir()} == {"train", "validation", "test"}
+    run_script("run_finetune", *arguments, "--output_dir", tmp_path / "first")
+    caches = sorted((tmp_path / "cache" / "tower_cache").iterdir())
+    assert len(caches) == 3
+    metas = {folder: (folder / tower_cache.META_FILE).read_text() for folder in caches}
+
+    built = []
+    original = tower_cache._write_tower_cache
+    monkeypatch.setattr(tower_cache, "_write_tower_cache", lambda *args: built.append(args[3]) or original(*args))
+    # same towers and data, another head: the caches are reused
+    run_script("run_finetune", *arguments, "--ortho_weight", "0.1", "--output_dir", tmp_path / "second")
+    assert not built and sorted((tmp_path / "cache" / "tower_cache").iterdir()) == caches
+    # other tower weights: new caches beside the old ones, which are left as they were
+    run_script("run_finetune", *arguments, "--seed", "1", "--output_dir", tmp_path / "third")
+    assert len(built) == 3 and not set(built) & set(caches)
+    assert len(list((tmp_path / "cache" / "tower_cache").iterdir())) == 6
+    assert all((folder / tower_cache.META_FILE).read_text() == meta for folder, meta in metas.items())
