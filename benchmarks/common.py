@@ -64,6 +64,30 @@ def _register_cpu_attention_flops():
 _register_cpu_attention_flops()
 
 
+def _register_grouped_conv_backward_flops():
+    """torch's `convolution_backward` formula counts the weight gradient of a grouped convolution as if it were
+    ungrouped (`groups` times too many FLOPs: 16x for HuBERT's positional convolution, which inflated a base-size
+    train step's count by ~13 %). The weight gradient does exactly the forward's multiplications, so it is counted
+    as the forward; the input gradient is torch's (correct) transposed-convolution count."""
+    from torch.utils.flop_counter import conv_flop_count, flop_registry, get_shape
+
+    aten = torch.ops.aten
+    flop_registry.pop(aten.convolution_backward, None)
+
+    @register_flop_formula(aten.convolution_backward)
+    def _conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                       _output_padding, _groups, output_mask, out_shape, **kwargs) -> int:  # fmt: skip
+        flops = 0
+        if output_mask[0]:
+            flops += conv_flop_count(grad_out_shape, w_shape, get_shape(out_shape[0]), not transposed)
+        if output_mask[1]:
+            flops += conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+        return flops
+
+
+_register_grouped_conv_backward_flops()
+
+
 def count_flops(function: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one call of `function` (matmuls, convolutions, attention) and the count per operator."""
     with FlopCounterMode(display=False) as counter:
@@ -97,9 +121,12 @@ class Settings:
     output_dir: Path = RESULTS_DIR
     cache_dir: Path = DEFAULT_CACHE_DIR
 
-    def pick(self, full, smoke):
-        """`full` in a real run, `smoke` in a smoke run."""
-        return smoke if self.smoke else full
+    def pick(self, full, smoke, cuda=None):
+        """`full` in a real run, `smoke` in a smoke run; `cuda` (when given) instead of `full` in a real run on a GPU,
+        where CPU-sized batches would leave most of the device idle."""
+        if self.smoke:
+            return smoke
+        return cuda if cuda is not None and self.device == "cuda" else full
 
     @property
     def runtime(self) -> "Runtime":
@@ -194,6 +221,8 @@ def matmul_rate(runtime: Runtime, size: int, calls: int = 3) -> float:
     left, right = left.to(runtime.dtype), right.to(runtime.dtype)
     left @ right
     best = min(timed(lambda: left @ right, runtime) for _ in range(calls))
+    if runtime.is_cuda:  # one product takes ~1 ms on a GPU: time a run of them, not one launch and sync
+        best = min(timed(lambda: [left @ right for _ in range(20)], runtime) / 20 for _ in range(calls))
     return 2 * size**3 / best
 
 
@@ -204,7 +233,11 @@ def gemm_rate(runtime: Runtime, rows: int, inner: int, columns: int, calls: int 
     bias = torch.randn(columns, device=runtime.device)
     with runtime.autocast():
         torch.nn.functional.linear(inputs, weight, bias)
-        best = min(timed(lambda: torch.nn.functional.linear(inputs, weight, bias), runtime) for _ in range(calls))
+        repeat = 50 if runtime.is_cuda else 1  # microseconds on a GPU: time a run of calls, not one launch and sync
+        best = min(
+            timed(lambda: [torch.nn.functional.linear(inputs, weight, bias) for _ in range(repeat)], runtime) / repeat
+            for _ in range(calls)
+        )
     return 2 * rows * inner * columns / best
 
 

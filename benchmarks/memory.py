@@ -23,7 +23,7 @@ GPU_ACTIVATION_SCALE, GPU_USABLE = 0.6, 0.9
 
 def run(settings: Settings) -> Result:
     seconds = settings.pick(10.0, 1.0)
-    batch_sizes = settings.pick((1, 4, 8), (1, 2))
+    batch_sizes = settings.pick((1, 4, 8), (1, 2), cuda=(1, 8, 32))
     steps = settings.pick(3, 2)
     samples = int(seconds * SAMPLING_RATE)
     measured = {}
@@ -69,6 +69,7 @@ def run(settings: Settings) -> Result:
             note=f"{off['step_seconds']:.1f} s -> {on['step_seconds']:.1f} s",
         )
 
+    on_gpu = settings.runtime.is_cuda
     fits = {}
     for checkpointing in (False, True):
         peaks = [measured[(batch_size, checkpointing)]["peak_growth_bytes"] for batch_size in batch_sizes]
@@ -80,7 +81,8 @@ def run(settings: Settings) -> Result:
             "per_item_bytes": float(per_item),
             "fixed_bytes": float(fixed),
             "cpu_largest_batch": int(cpu_budget // per_item) if per_item > 0 else None,
-            "gpu_largest_batch_on_paper": int(gpu_budget // (GPU_ACTIVATION_SCALE * per_item))
+            # On a GPU the slope is the GPU's own (bf16 activations, CUDA kernels); on CPU it is scaled on paper.
+            "gpu_largest_batch": int(gpu_budget // (per_item if on_gpu else GPU_ACTIVATION_SCALE * per_item))
             if per_item > 0
             else None,
         }
@@ -91,17 +93,20 @@ def run(settings: Settings) -> Result:
             "GiB",
             note=f"fixed part {fixed / GIB:.2f} GiB",
         )
-        result.add(
-            f"largest batch of {seconds:g} s utterances in {CPU_MEMORY_GIB} GiB CPU, {label} checkpointing",
-            fits[checkpointing]["cpu_largest_batch"],
-            "",
-            note="extrapolated from the measured slope",
-        )
+        if not on_gpu:
+            result.add(
+                f"largest batch of {seconds:g} s utterances in {CPU_MEMORY_GIB} GiB CPU, {label} checkpointing",
+                fits[checkpointing]["cpu_largest_batch"],
+                "",
+                note="extrapolated from the measured slope",
+            )
         result.add(
             f"largest batch of {seconds:g} s utterances on an {GPU_MEMORY_GB} GB GPU, {label} checkpointing",
-            fits[checkpointing]["gpu_largest_batch_on_paper"],
+            fits[checkpointing]["gpu_largest_batch"],
             "",
-            note=f"on paper: fp32 fixed part, bf16 activations ~{GPU_ACTIVATION_SCALE:g}x of the CPU slope",
+            note="extrapolated from the slope measured on this GPU"
+            if on_gpu
+            else f"on paper: fp32 fixed part, bf16 activations ~{GPU_ACTIVATION_SCALE:g}x of the CPU slope",
         )
     result.details = {
         "seconds": seconds,

@@ -25,6 +25,7 @@ from .common import (
     Result,
     Row,
     Settings,
+    import_training_helpers,
     machine_info,
     markdown_table,
     run_isolated,
@@ -75,6 +76,8 @@ def run_one(name: str, settings: Settings) -> Result:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     module = importlib.import_module(f"benchmarks.{name}")
+    if not settings.runtime.is_cuda and getattr(module, "CPU_ALLOCATOR_TUNING", True):
+        import_training_helpers().tune_cpu_allocator()  # as run_finetune.py / run_pretrain.py do on CPU
     try:
         result = module.run(settings)
     except Exception as error:  # noqa: BLE001 - reported in the table and the exit code

@@ -60,7 +60,7 @@ def plot(path, x, points: list[dict], xlabel: str, title: str):
 
 
 def run(settings: Settings) -> Result:
-    lengths = settings.pick([1.0, 2.0, 4.0, 8.0, 16.0], [0.5, 1.0, 2.0])
+    lengths = settings.pick([1.0, 2.0, 4.0, 8.0, 16.0], [0.5, 1.0, 2.0], cuda=[2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
     layer_counts = settings.pick([0, 2, 4, 8], [0, 1, 2])
     layers_seconds = settings.pick(5.0, 1.0)
     by_length = [measure(settings, seconds) for seconds in lengths]
