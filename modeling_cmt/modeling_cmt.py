@@ -18,9 +18,17 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
-from transformers.models.hubert.modeling_hubert import HubertPositionalConvEmbedding, eager_attention_forward
+from transformers.models.hubert.modeling_hubert import (
+    HubertFeatureEncoder,
+    HubertPositionalConvEmbedding,
+    eager_attention_forward,
+)
 from transformers.models.roberta.modeling_roberta import RobertaLMHead
-from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2PositionalConvEmbedding, _compute_mask_indices
+from transformers.models.wav2vec2.modeling_wav2vec2 import (
+    Wav2Vec2FeatureEncoder,
+    Wav2Vec2PositionalConvEmbedding,
+    _compute_mask_indices,
+)
 from transformers.utils import ModelOutput, logging
 
 from .configuration_cmt import CMTConfig, load_preset
@@ -254,6 +262,54 @@ def _use_fft_positional_conv(audio_model: nn.Module, implementation: str = "fft"
         module.__class__ = fast_class
         module.positional_conv_implementation = implementation
         changed += 1
+    return changed
+
+
+def _chunked_feature_encoder_forward(self, input_values: torch.Tensor) -> torch.Tensor:
+    """
+    A wav2vec2-family convolutional feature encoder that, when no gradient flows through it (frozen, as in
+    fine-tuning, or at inference), runs over the batch in chunks of at most `chunk_samples` padded samples. Its
+    first layers hold ~20 MB of float32 activations per second of audio (512 channels at 3.2 kHz, before and after
+    the norm and GELU) that are freed right after; chunking caps that transient peak instead of letting it grow
+    with the batch. Every operation is per item (convolutions, per-item GroupNorm or per-frame LayerNorm), so
+    chunked and whole-batch outputs are the same.
+    """
+    chunk_samples = self.chunk_samples
+    needs_grad = torch.is_grad_enabled() and (input_values.requires_grad or (self._requires_grad and self.training))
+    if chunk_samples is None or needs_grad or input_values.numel() <= chunk_samples:
+        return super(type(self), self).forward(input_values)
+    items = max(1, chunk_samples // input_values.shape[-1])
+    return torch.cat([super(type(self), self).forward(part) for part in input_values.split(items)], dim=0)
+
+
+class CMTHubertFeatureEncoder(HubertFeatureEncoder):
+    """HuBERT's feature encoder, run in batch chunks when frozen (same parameters and state-dict keys)."""
+
+    forward = _chunked_feature_encoder_forward
+
+
+class CMTWav2Vec2FeatureEncoder(Wav2Vec2FeatureEncoder):
+    """wav2vec 2.0's feature encoder, run in batch chunks when frozen (same parameters and state-dict keys)."""
+
+    forward = _chunked_feature_encoder_forward
+
+
+CHUNKED_FEATURE_ENCODER_CLASSES = {
+    HubertFeatureEncoder: CMTHubertFeatureEncoder,
+    Wav2Vec2FeatureEncoder: CMTWav2Vec2FeatureEncoder,
+}
+
+
+def _use_chunked_feature_encoder(audio_model: nn.Module, chunk_samples: int) -> int:
+    """Lets the audio tower's convolutional feature encoder run in batch chunks when it needs no gradient (a class
+    swap to a subclass that only overrides `forward`). Returns how many modules changed."""
+    changed = 0
+    for module in audio_model.modules():
+        chunked_class = CHUNKED_FEATURE_ENCODER_CLASSES.get(type(module))
+        if chunked_class is not None:
+            module.__class__ = chunked_class
+            module.chunk_samples = chunk_samples
+            changed += 1
     return changed
 
 
@@ -685,6 +741,8 @@ class CMTModel(CMTPreTrainedModel):
         self.audio_model = AutoModel.from_config(config.audio_config) if uses_audio else None
         if self.audio_model is not None and config.positional_conv_implementation != "conv":
             _use_fft_positional_conv(self.audio_model, config.positional_conv_implementation)
+        if self.audio_model is not None and config.feature_encoder_chunk_samples is not None:
+            _use_chunked_feature_encoder(self.audio_model, config.feature_encoder_chunk_samples)
         self.text_model = _build_text_tower(config.text_config) if uses_text else None
         audio_width, text_width = config.audio_config.hidden_size, config.text_config.hidden_size
         # Text states enter cross-attention (and L_ortho) in the audio width.

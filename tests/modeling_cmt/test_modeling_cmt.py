@@ -576,6 +576,8 @@ def test_regression_head(make_batch):
         ({"cross_hidden_state_index": 5}, "`cross_hidden_state_index` must be in"),
         ({"cross_num_attention_heads": 5}, "divisible by `cross_num_attention_heads`"),
         ({"num_cross_layers": -1}, "must be >= 0"),
+        ({"positional_conv_implementation": "cudnn"}, "`positional_conv_implementation` must be one of"),
+        ({"feature_encoder_chunk_samples": 0}, "`feature_encoder_chunk_samples` must be a positive number"),
         ({"ortho_weight": -0.1}, "`ortho_weight` must be >= 0"),
         ({"audio_config": {"model_type": "bert"}}, "wav2vec2-family"),
     ],
@@ -675,3 +677,37 @@ def test_cached_tower_outputs_of_the_wrong_shape_are_named(tiny_model):
             text_tower_output=torch.zeros(2, 3, 32),
             attention_mask=torch.ones(2, 4, dtype=torch.long),
         )
+
+
+def test_frozen_feature_encoder_runs_in_chunks_with_the_same_results(make_batch):
+    torch.manual_seed(0)
+    chunked = CMTForSequenceClassification(CMTModelTester.no_dropout_config(feature_encoder_chunk_samples=5000))
+    whole = CMTForSequenceClassification(CMTModelTester.no_dropout_config(feature_encoder_chunk_samples=None))
+    whole.load_state_dict(chunked.state_dict())
+    assert chunked.state_dict().keys() == whole.state_dict().keys()
+    encoder = chunked.cmt.audio_model.feature_extractor
+    assert type(encoder).__name__ == "CMTHubertFeatureEncoder"
+    calls = []
+    encoder.conv_layers[0].register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    batch = {**make_batch(), "labels": torch.tensor([0, 1, 3])}  # 8000 / 5600 / 4000 samples, padded to 8000
+
+    with torch.no_grad():  # inference: one item per chunk (5000 samples < one padded item)
+        torch.testing.assert_close(chunked.eval()(**batch).logits, whole.eval()(**batch).logits, rtol=0, atol=1e-6)
+    assert calls == [1, 1, 1]
+
+    calls.clear()  # training with the feature encoder trainable: the whole batch at once (its gradient is needed)
+    chunked.train()(**batch).loss.backward()
+    assert calls == [3]
+
+    calls.clear()  # fine-tuning default: frozen feature encoder, chunks, same loss and gradients
+    for model in (chunked, whole):
+        model.zero_grad()
+        model.freeze_feature_encoder()
+    chunked_loss, whole_loss = chunked.train()(**batch).loss, whole.train()(**batch).loss
+    assert calls == [1, 1, 1]
+    torch.testing.assert_close(chunked_loss, whole_loss, rtol=0, atol=1e-6)
+    chunked_loss.backward()
+    whole_loss.backward()
+    for (name, got), (_, want) in zip(chunked.named_parameters(), whole.named_parameters()):
+        if want.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-7, msg=name)
