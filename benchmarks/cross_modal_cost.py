@@ -70,7 +70,7 @@ def measure(settings: Settings, tune_allocator: bool) -> dict:
 def run(settings: Settings) -> Result:
     # (label, tune the allocator, judged against the target): CUDA has its own caching allocator.
     variants = [("", False, True)]
-    if not settings.runtime.is_cuda:
+    if settings.device != "cuda":  # (not `settings.runtime`: initialising CUDA here would break the forks below)
         variants = [(" [malloc tuned, training default]", True, True), (" [glibc malloc defaults]", False, False)]
     result = Result(NAME, TITLE)
     details = {}

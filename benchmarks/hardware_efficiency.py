@@ -37,7 +37,7 @@ TRAIN_TARGET = {"cpu": 0.70, "cuda": 0.40}
 
 def run(settings: Settings) -> Result:
     runtime = settings.runtime
-    batch_size, seconds, tokens = settings.pick((4, 5.0, 24), (2, 1.0, 12), cuda=(32, 5.0, 24))
+    batch_size, seconds, tokens = settings.pick((4, 5.0, 24), (2, 1.0, 12), cuda=(128, 5.0, 24))
     samples = int(seconds * SAMPLING_RATE)
     model = build_classifier(settings.preset, runtime)
     config = model.config

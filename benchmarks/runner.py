@@ -76,7 +76,7 @@ def run_one(name: str, settings: Settings) -> Result:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     module = importlib.import_module(f"benchmarks.{name}")
-    if not settings.runtime.is_cuda and getattr(module, "CPU_ALLOCATOR_TUNING", True):
+    if settings.device != "cuda" and getattr(module, "CPU_ALLOCATOR_TUNING", True):  # no CUDA init before forks
         import_training_helpers().tune_cpu_allocator()  # as run_finetune.py / run_pretrain.py do on CPU
     try:
         result = module.run(settings)
