@@ -94,12 +94,12 @@ class CMTConfig(PreTrainedConfig):
             same result to float32 rounding; forward + backward 7x faster than cuDNN's grouped-convolution kernels
             on an H100 in bf16, but 1.1-1.5x slower than oneDNN on CPU: see benchmarks/README.md), `"conv"` (the
             tower's own `nn.Conv1d`) or `"auto"`: FFT on CUDA devices, the convolution elsewhere.
-        feature_encoder_chunk_samples (`int`, *optional*, defaults to 640000):
+        feature_encoder_chunk_samples (`int`, *optional*, defaults to 160000):
             When the audio tower's convolutional feature encoder needs no gradient (frozen, the fine-tuning default,
-            or at inference), it runs over the batch in chunks of at most this many padded samples (640000 = 40 s at
-            16 kHz). Its first layers hold ~20 MB of float32 activations per second of audio for a moment; chunking
-            caps that peak (see benchmarks/README.md, "Memory"). The outputs are the same. `None` runs the whole
-            batch at once.
+            or at inference), it runs over the batch in chunks of at most this many padded samples (160000 = 10 s at
+            16 kHz; at least one item per chunk). Its first layers hold ~20 MB of float32 activations per second of
+            audio for a moment; chunking caps that peak (see benchmarks/README.md, "Memory"). The outputs are the
+            same. `None` runs the whole batch at once.
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
             Whether the pretraining MLM head's decoder shares the text tower's word embeddings (as RoBERTa's does).
 
@@ -144,7 +144,7 @@ class CMTConfig(PreTrainedConfig):
     mlm_loss_weight: float = 1.0
     matching_loss_weight: float = 0.0
     positional_conv_implementation: str = "auto"
-    feature_encoder_chunk_samples: int | None = 640000
+    feature_encoder_chunk_samples: int | None = 160000
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
