@@ -97,9 +97,10 @@ class CMTConfig(PreTrainedConfig):
         feature_encoder_chunk_samples (`int`, *optional*, defaults to 160000):
             When the audio tower's convolutional feature encoder needs no gradient (frozen, the fine-tuning default,
             or at inference), it runs over the batch in chunks of at most this many padded samples (160000 = 10 s at
-            16 kHz; at least one item per chunk). Its first layers hold ~20 MB of float32 activations per second of
-            audio for a moment; chunking caps that peak (see benchmarks/README.md, "Memory"). The outputs are the
-            same. `None` runs the whole batch at once.
+            16 kHz; at least one item per chunk; 4x that on CUDA devices, whose batches are larger and whose
+            convolutions lose speed on small chunks). Its first layers hold ~20 MB of float32 activations per second
+            of audio for a moment; chunking caps that peak (see benchmarks/README.md, "Memory"). The outputs are
+            the same. `None` runs the whole batch at once.
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
             Whether the pretraining MLM head's decoder shares the text tower's word embeddings (as RoBERTa's does).
 
