@@ -140,8 +140,9 @@ def write_summary(output_dir: Path):
         )
     if results:
         machine = json.loads((output_dir / f"{results[0].name}.json").read_text())["machine"]
+        gpu = f"{machine['gpu']}, " if machine.get("gpu") else ""
         (output_dir / "summary.md").write_text(
-            f"Machine: {machine['cpu']}, {machine['cpu_count']} cores, {machine['memory_gib']} GiB, torch "
-            f"{machine['versions']['torch']}, transformers {machine['versions']['transformers']} (shared with other "
-            f"jobs)\n\n{markdown_table(results)}\n\nRuns:\n" + "\n".join(runs) + "\n"
+            f"Machine: {gpu}{machine['cpu']}, {machine['cpu_count']} cores, {machine['memory_gib']} GiB, torch "
+            f"{machine['versions']['torch']}, transformers {machine['versions']['transformers']} (each run's load "
+            f"average below)\n\n{markdown_table(results)}\n\nRuns:\n" + "\n".join(runs) + "\n"
         )
