@@ -247,22 +247,32 @@ FFT_POSITIONAL_CONV_CLASSES = {
 }
 
 
-def _use_fft_positional_conv(audio_model: nn.Module, implementation: str = "fft") -> int:
-    """Gives the audio tower's convolutional positional embeddings the FFT forward (`implementation` "fft", or
-    "auto": on CUDA devices only), in place: a class swap to a subclass that only overrides `forward`, so parameters,
-    buffers and checkpoints are untouched. Returns how many modules changed; other architectures keep their own."""
+def _swap_module_classes(model: nn.Module, classes: dict, accepts=lambda module: True, **attributes) -> int:
+    """
+    In place, gives each submodule whose exact type is a key of `classes` (and that `accepts`) the mapped subclass,
+    which only overrides `forward`, and sets `attributes` on it: parameters, buffers, state-dict keys and checkpoints
+    are untouched, and copies and pickles keep the new class. Returns how many modules changed.
+    """
     changed = 0
-    for module in audio_model.modules():
-        fast_class = FFT_POSITIONAL_CONV_CLASSES.get(type(module))
-        conv = getattr(module, "conv", None)
-        if fast_class is None or not isinstance(conv, nn.Conv1d):
-            continue
-        if not isinstance(conv.padding, tuple) or conv.stride[0] != 1 or conv.dilation[0] != 1:
-            continue
-        module.__class__ = fast_class
-        module.positional_conv_implementation = implementation
-        changed += 1
+    for module in model.modules():
+        new_class = classes.get(type(module))
+        if new_class is not None and accepts(module):
+            module.__class__ = new_class
+            for name, value in attributes.items():
+                setattr(module, name, value)
+            changed += 1
     return changed
+
+
+def _fft_applies(module: nn.Module) -> bool:
+    """The FFT forward computes stride-1, undilated convolutions with numeric padding."""
+    conv = getattr(module, "conv", None)
+    return (
+        isinstance(conv, nn.Conv1d)
+        and isinstance(conv.padding, tuple)
+        and conv.stride[0] == 1
+        and conv.dilation[0] == 1
+    )
 
 
 CUDA_CHUNK_FACTOR = 4
@@ -303,19 +313,6 @@ CHUNKED_FEATURE_ENCODER_CLASSES = {
     HubertFeatureEncoder: CMTHubertFeatureEncoder,
     Wav2Vec2FeatureEncoder: CMTWav2Vec2FeatureEncoder,
 }
-
-
-def _use_chunked_feature_encoder(audio_model: nn.Module, chunk_samples: int) -> int:
-    """Lets the audio tower's convolutional feature encoder run in batch chunks when it needs no gradient (a class
-    swap to a subclass that only overrides `forward`). Returns how many modules changed."""
-    changed = 0
-    for module in audio_model.modules():
-        chunked_class = CHUNKED_FEATURE_ENCODER_CLASSES.get(type(module))
-        if chunked_class is not None:
-            module.__class__ = chunked_class
-            module.chunk_samples = chunk_samples
-            changed += 1
-    return changed
 
 
 def _build_text_tower(text_config) -> PreTrainedModel:
@@ -745,9 +742,20 @@ class CMTModel(CMTPreTrainedModel):
         uses_text = config.modality in ("both", "text")
         self.audio_model = AutoModel.from_config(config.audio_config) if uses_audio else None
         if self.audio_model is not None and config.positional_conv_implementation != "conv":
-            _use_fft_positional_conv(self.audio_model, config.positional_conv_implementation)
+            # FFT forward for the positional convolution ("auto": on CUDA devices only)
+            _swap_module_classes(
+                self.audio_model,
+                FFT_POSITIONAL_CONV_CLASSES,
+                _fft_applies,
+                positional_conv_implementation=config.positional_conv_implementation,
+            )
         if self.audio_model is not None and config.feature_encoder_chunk_samples is not None:
-            _use_chunked_feature_encoder(self.audio_model, config.feature_encoder_chunk_samples)
+            # batch chunks for the convolutional feature encoder when it needs no gradient
+            _swap_module_classes(
+                self.audio_model,
+                CHUNKED_FEATURE_ENCODER_CLASSES,
+                chunk_samples=config.feature_encoder_chunk_samples,
+            )
         self.text_model = _build_text_tower(config.text_config) if uses_text else None
         audio_width, text_width = config.audio_config.hidden_size, config.text_config.hidden_size
         # Text states enter cross-attention (and L_ortho) in the audio width.
