@@ -372,6 +372,26 @@ def import_training_helpers():
     return cmt_training
 
 
+def benchmark_training_arguments(training, output_dir: str, runtime: Runtime, batch_size: int, **overrides):
+    """`CMTTrainingArguments` for a timed Trainer run: no evaluation, saving, logging output or progress bars, and
+    bf16 autocast on GPUs (as `run_finetune.py --bf16 true` would run there)."""
+    return training.CMTTrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        metric_for_best_model=None,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10_000,
+        seed=0,
+        use_cpu=not runtime.is_cuda,
+        bf16=runtime.is_cuda and runtime.dtype == torch.bfloat16,
+        **overrides,
+    )
+
+
 def synthetic_corpus(settings: Settings, num_utterances: int):
     """The embedded espeak-ng corpus (built once into the benchmark cache)."""
     import hub_datasets

@@ -32,6 +32,7 @@ from .common import (
     SAMPLING_RATE,
     Result,
     Settings,
+    benchmark_training_arguments,
     datasets_caching_disabled,
     iemocap_like_seconds,
     import_training_helpers,
@@ -108,21 +109,8 @@ def train_throughput(training, settings: Settings, setup: str, dataset, processo
     collator = CountingCollator(training.AudioTextCollator(processor))
     clock = StepClock()
     with tempfile.TemporaryDirectory() as output_dir:
-        args = training.CMTTrainingArguments(
-            output_dir=output_dir,
-            per_device_train_batch_size=batch_size,
-            max_steps=steps,
-            train_sampling_strategy=options["sampling"],
-            eval_strategy="no",
-            save_strategy="no",
-            load_best_model_at_end=False,
-            metric_for_best_model=None,
-            report_to="none",
-            disable_tqdm=True,
-            logging_steps=10_000,
-            seed=0,
-            use_cpu=not runtime.is_cuda,
-            bf16=runtime.is_cuda and runtime.dtype == torch.bfloat16,
+        args = benchmark_training_arguments(
+            training, output_dir, runtime, batch_size, max_steps=steps, train_sampling_strategy=options["sampling"]
         )
         trainer = training.CMTTrainer(
             model=model,

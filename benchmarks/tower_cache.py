@@ -21,7 +21,15 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
 
-from .common import Result, Settings, count_flops, import_training_helpers, median, synthetic_corpus
+from .common import (
+    Result,
+    Settings,
+    benchmark_training_arguments,
+    count_flops,
+    import_training_helpers,
+    median,
+    synthetic_corpus,
+)
 
 
 NAME = "tower_cache"
@@ -53,21 +61,7 @@ def train_epochs(training, settings, model, dataset, collator, epochs: int, batc
     runtime = settings.runtime
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as output_dir:
-        args = training.CMTTrainingArguments(
-            output_dir=output_dir,
-            per_device_train_batch_size=batch_size,
-            num_train_epochs=epochs,
-            eval_strategy="no",
-            save_strategy="no",
-            load_best_model_at_end=False,
-            metric_for_best_model=None,
-            report_to="none",
-            disable_tqdm=True,
-            logging_steps=10_000,
-            seed=0,
-            use_cpu=not runtime.is_cuda,
-            bf16=runtime.is_cuda and runtime.dtype == torch.bfloat16,
-        )
+        args = benchmark_training_arguments(training, output_dir, runtime, batch_size, num_train_epochs=epochs)
         trainer = training.CMTTrainer(
             model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock]
         )
