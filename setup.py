@@ -21,7 +21,7 @@ install_requires = [
 ]
 
 extras = {
-    # Corpus builders (hub_datasets/) and the training scripts (examples/).
+    # Corpus builders (hub_datasets/), the training package (cmt_training/) and the scripts in examples/.
     "train": [
         "datasets>=5.0,<6",
         "evaluate>=0.4,<0.5",
@@ -50,8 +50,19 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_cmt", "hub_datasets"],
-    package_data={"modeling_cmt": ["presets/*.json", "data/*.json"], "hub_datasets": ["cards/*.md", "data/*.json"]},
+    packages=[
+        "modeling_cmt",
+        "hub_datasets",
+        "cmt_training",
+        "cmt_training.metrics",
+        "cmt_training.metrics.emotion_recognition",
+        "cmt_training.metrics.sentiment_regression",
+    ],
+    package_data={
+        "modeling_cmt": ["presets/*.json", "data/*.json"],
+        "hub_datasets": ["cards/*.md", "data/*.json"],
+        "cmt_training": ["MODEL_CARD.md"],
+    },
     install_requires=install_requires,
     extras_require=extras,
     entry_points={"console_scripts": ["cmt-predict = modeling_cmt.predict:main"]},

@@ -13,7 +13,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -25,11 +24,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
+from cmt_training.arguments import CMTTrainingArguments
 from modeling_cmt import CMTConfig, CMTForSequenceClassification, load_preset
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES_DIR = REPO_ROOT / "examples"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_CACHE_DIR = Path(os.environ.get("CMT_BENCHMARK_CACHE", Path.home() / ".cache" / "cmt" / "benchmarks"))
 SAMPLING_RATE = 16000
@@ -363,19 +362,10 @@ def iemocap_like_seconds(count: int = 5531, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def import_training_helpers():
-    """`examples/cmt_training.py`, the helpers run_finetune.py uses (the examples folder is not a package)."""
-    if str(EXAMPLES_DIR) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES_DIR))
-    import cmt_training
-
-    return cmt_training
-
-
-def benchmark_training_arguments(training, output_dir: str, runtime: Runtime, batch_size: int, **overrides):
+def benchmark_training_arguments(output_dir: str, runtime: Runtime, batch_size: int, **overrides):
     """`CMTTrainingArguments` for a timed Trainer run: no evaluation, saving, logging output or progress bars, and
     bf16 autocast on GPUs (as `run_finetune.py --bf16 true` would run there)."""
-    return training.CMTTrainingArguments(
+    return CMTTrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
         eval_strategy="no",

@@ -11,6 +11,8 @@ working set pushes its ~12 MiB activation buffers out to fresh mmaps that are pa
 makes the same elementwise ops several times slower in CMT than in the towers-only model.
 """
 
+from cmt_training.cpu import tune_cpu_allocator
+
 from .common import (
     SAMPLING_RATE,
     Result,
@@ -18,7 +20,6 @@ from .common import (
     build_classifier,
     count_flops,
     forward_function,
-    import_training_helpers,
     interleaved,
     median,
     random_batch,
@@ -39,7 +40,7 @@ KINDS = ("forward", "train_step")
 def measure(settings: Settings, tune_allocator: bool) -> dict:
     """FLOPs, interleaved round times and train-step profiles of CMT and towers-only (run in a fresh process)."""
     if tune_allocator:
-        import_training_helpers().tune_cpu_allocator()
+        tune_cpu_allocator()
     runtime = settings.runtime
     batch_size, seconds, tokens = settings.pick((4, 5.0, 24), (2, 1.0, 12), cuda=(32, 5.0, 24))
     cmt = build_classifier(settings.preset, runtime)

@@ -25,6 +25,10 @@ from datasets import Audio
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from cmt_training.arguments import CMTTrainingArguments, ModelArguments
+from cmt_training.build import build_processor
+from cmt_training.data import AudioTextCollator, prepare_split
+
 from .common import (
     SAMPLING_RATE,
     Result,
@@ -33,7 +37,6 @@ from .common import (
     build_classifier,
     datasets_caching_disabled,
     iemocap_like_seconds,
-    import_training_helpers,
     interleaved,
     length_matched_corpus,
     median,
@@ -102,7 +105,6 @@ def loader_throughput(dataset, collator, num_workers: int, limit: int | None = N
 
 
 def run(settings: Settings) -> Result:
-    training = import_training_helpers()
     import hub_datasets
 
     result = Result(NAME, TITLE)
@@ -134,19 +136,17 @@ def run(settings: Settings) -> Result:
     split = hub_datasets.synthetic_emotion_loso_fold(corpus, test_session=1)["train"].select(range(count))
     resampled = length_matched_corpus(settings, wav_seconds(split), split["text"], sampling_rate=44100)
     with tempfile.TemporaryDirectory() as scratch:
-        num_workers = training.CMTTrainingArguments(output_dir=scratch).dataloader_num_workers
+        num_workers = CMTTrainingArguments(output_dir=scratch).dataloader_num_workers
         with datasets_caching_disabled():
             rates = {}
             for name, source in (("16 kHz", split), ("44.1 kHz", resampled)):
                 started = time.perf_counter()
-                prepared = training.prepare_split(source, "label", MAX_AUDIO_SECONDS)
+                prepared = prepare_split(source, "label", MAX_AUDIO_SECONDS)
                 rates[f"prepare_split ({name}: decode{' + resample' if name != '16 kHz' else ''})"] = count / (
                     time.perf_counter() - started
                 )
-        processor = training.build_processor(
-            training.ModelArguments(preset=settings.preset), prepared["text"], Path(scratch)
-        )
-    collator = training.AudioTextCollator(processor)
+        processor = build_processor(ModelArguments(preset=settings.preset), prepared["text"], Path(scratch))
+    collator = AudioTextCollator(processor)
     rates["collate from Arrow (later epochs of the defaults)"] = loader_throughput(prepared, collator, num_workers)
     for name, source in (("16 kHz", split), ("44.1 kHz", resampled)):
         naive = decoded_on_the_fly(source, "label", MAX_AUDIO_SECONDS)

@@ -26,6 +26,10 @@ import torch
 from datasets import Audio
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
+from cmt_training.arguments import ModelArguments
+from cmt_training.build import build_model, build_processor
+from cmt_training.data import AudioTextCollator, prepare_split
+from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTForSequenceClassification
 
 from .common import (
@@ -35,7 +39,6 @@ from .common import (
     benchmark_training_arguments,
     datasets_caching_disabled,
     iemocap_like_seconds,
-    import_training_helpers,
     length_matched_corpus,
     synthetic_corpus,
 )
@@ -94,25 +97,25 @@ def decoded_on_the_fly(split, label_column: str, max_audio_seconds: float):
     return split.with_transform(decode, columns=["audio", "text", label_column])
 
 
-def train_throughput(training, settings: Settings, setup: str, dataset, processor, steps: int, batch_size: int):
+def train_throughput(settings: Settings, setup: str, dataset, processor, steps: int, batch_size: int):
     options = SETUPS[setup]
     runtime = settings.runtime
     set_seed(0)
-    model_args = training.ModelArguments(
+    model_args = ModelArguments(
         preset=settings.preset,
         attn_implementation=options["attn_implementation"],
         freeze_feature_encoder=options["freeze_feature_encoder"],
     )
-    model = training.build_model(
+    model = build_model(
         CMTForSequenceClassification, model_args, processor, num_labels=4, problem_type="single_label_classification"
     )
-    collator = CountingCollator(training.AudioTextCollator(processor))
+    collator = CountingCollator(AudioTextCollator(processor))
     clock = StepClock()
     with tempfile.TemporaryDirectory() as output_dir:
         args = benchmark_training_arguments(
-            training, output_dir, runtime, batch_size, max_steps=steps, train_sampling_strategy=options["sampling"]
+            output_dir, runtime, batch_size, max_steps=steps, train_sampling_strategy=options["sampling"]
         )
-        trainer = training.CMTTrainer(
+        trainer = CMTTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
@@ -171,24 +174,20 @@ def corpora(settings: Settings):
 
 
 def run(settings: Settings) -> Result:
-    training = import_training_helpers()
     result = Result(NAME, TITLE)
     details = {"preset": settings.preset}
     for corpus_name, split, label_column, batch_size, max_audio_seconds in corpora(settings):
         steps = settings.pick(8, 2)
         with datasets_caching_disabled():
             started = time.perf_counter()
-            prepared = training.prepare_split(split, label_column, max_audio_seconds)
+            prepared = prepare_split(split, label_column, max_audio_seconds)
             prepare_seconds = time.perf_counter() - started
         mean_seconds = float(np.mean(prepared["length"])) / SAMPLING_RATE
         with tempfile.TemporaryDirectory() as scratch:
-            processor = training.build_processor(
-                training.ModelArguments(preset=settings.preset), prepared["text"], Path(scratch)
-            )
+            processor = build_processor(ModelArguments(preset=settings.preset), prepared["text"], Path(scratch))
         runs = {
-            "defaults": train_throughput(training, settings, "defaults", prepared, processor, steps, batch_size),
+            "defaults": train_throughput(settings, "defaults", prepared, processor, steps, batch_size),
             "naive": train_throughput(
-                training,
                 settings,
                 "naive",
                 decoded_on_the_fly(split, label_column, max_audio_seconds),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2FeatureExtractor, pipeline
 
+from cmt_training.build import build_bpe_tokenizer
 from modeling_cmt import CMTProcessor
 
 from .common import (
@@ -21,7 +22,6 @@ from .common import (
     Result,
     Settings,
     build_classifier,
-    import_training_helpers,
     interleaved,
     median,
     ratio_per_round,
@@ -45,13 +45,12 @@ def utterances(settings: Settings, count: int) -> tuple[list[np.ndarray], list[s
 
 
 def run(settings: Settings) -> Result:
-    training = import_training_helpers()
     import modeling_cmt  # noqa: F401 - registers the pipeline task
 
     runtime = settings.runtime
     batch_size = settings.pick(32, 4)
     waveforms, texts = utterances(settings, batch_size)
-    tokenizer = training.build_bpe_tokenizer(texts, settings.cache_dir / "inference_tokenizer")
+    tokenizer = build_bpe_tokenizer(texts, settings.cache_dir / "inference_tokenizer")
     extractor = Wav2Vec2FeatureExtractor(sampling_rate=SAMPLING_RATE, do_normalize=True, return_attention_mask=True)
     processor = CMTProcessor(feature_extractor=extractor, tokenizer=tokenizer)
     model = build_classifier(settings.preset, runtime).eval()

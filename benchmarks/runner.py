@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from cmt_training.cpu import tune_cpu_allocator
+
 from . import BENCHMARKS
 from .common import (
     DEFAULT_CACHE_DIR,
@@ -25,7 +27,6 @@ from .common import (
     Result,
     Row,
     Settings,
-    import_training_helpers,
     machine_info,
     markdown_table,
     run_isolated,
@@ -77,7 +78,7 @@ def run_one(name: str, settings: Settings) -> Result:
         torch.set_num_threads(settings.threads)
     module = importlib.import_module(f"benchmarks.{name}")
     if settings.device != "cuda" and getattr(module, "CPU_ALLOCATOR_TUNING", True):  # no CUDA init before forks
-        import_training_helpers().tune_cpu_allocator()  # as run_finetune.py / run_pretrain.py do on CPU
+        tune_cpu_allocator()  # as run_finetune.py / run_pretrain.py do on CPU
     try:
         result = module.run(settings)
     except Exception as error:  # noqa: BLE001 - reported in the table and the exit code

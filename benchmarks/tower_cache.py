@@ -1,4 +1,4 @@
-"""4. Frozen-tower caching (`examples/tower_cache.py`): epochs per second when the cross-modal stack trains from cached
+"""4. Frozen-tower caching (`cmt_training/tower_cache.py`): epochs per second when the cross-modal stack trains from cached
 tower outputs, against recomputing the frozen towers at every step.
 
 Three frozen-tower jobs, each through `CMTTrainer` on the same utterances and batches:
@@ -19,6 +19,11 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
+from cmt_training import tower_cache
+from cmt_training.arguments import ModelArguments
+from cmt_training.build import build_model, build_processor
+from cmt_training.data import AudioTextCollator, PretrainingCollator, prepare_split
+from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
 
 from .common import (
@@ -26,7 +31,6 @@ from .common import (
     Settings,
     benchmark_training_arguments,
     count_flops,
-    import_training_helpers,
     median,
     synthetic_corpus,
 )
@@ -50,21 +54,17 @@ class EpochClock(TrainerCallback):
 
 
 def import_tower_cache():
-    import_training_helpers()  # puts examples/ on sys.path
-    import tower_cache
 
     return tower_cache
 
 
-def train_epochs(training, settings, model, dataset, collator, epochs: int, batch_size: int) -> list[float]:
+def train_epochs(settings, model, dataset, collator, epochs: int, batch_size: int) -> list[float]:
     """Seconds of each epoch of CMTTrainer on `dataset`, after a warm-up forward/backward outside the clock."""
     runtime = settings.runtime
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as output_dir:
-        args = benchmark_training_arguments(training, output_dir, runtime, batch_size, num_train_epochs=epochs)
-        trainer = training.CMTTrainer(
-            model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock]
-        )
+        args = benchmark_training_arguments(output_dir, runtime, batch_size, num_train_epochs=epochs)
+        trainer = CMTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
         trainer.remove_callback(PrinterCallback)
         batch = step_batch(collator, dataset, range(min(2, len(dataset))), trainer.args.device)
         model.train()
@@ -89,16 +89,16 @@ def step_flops(model, batch) -> int:
     return count_flops(step)[0]
 
 
-def build_models(training, settings, processor, job: str, reference=None):
+def build_models(settings, processor, job: str, reference=None):
     set_seed(0)
-    model_args = training.ModelArguments(preset=settings.preset, freeze_towers=True)
+    model_args = ModelArguments(preset=settings.preset, freeze_towers=True)
     if job == "pretraining":
-        model = training.build_model(CMTForPreTraining, model_args, processor, mlm_loss_weight=0.0)
+        model = build_model(CMTForPreTraining, model_args, processor, mlm_loss_weight=0.0)
         generator = torch.Generator().manual_seed(0)
         model.set_codebook(torch.randn(model.config.codebook_size, model.config.hidden_size, generator=generator))
     else:
         extra = {"num_cross_layers": 0} if job == "probing" else {}
-        model = training.build_model(CMTForSequenceClassification, model_args, processor, num_labels=4, **extra)
+        model = build_model(CMTForSequenceClassification, model_args, processor, num_labels=4, **extra)
     if reference is not None:  # same towers as the first job: its cache stays valid
         model.cmt.audio_model.load_state_dict(reference.cmt.audio_model.state_dict())
         model.cmt.text_model.load_state_dict(reference.cmt.text_model.state_dict())
@@ -106,18 +106,15 @@ def build_models(training, settings, processor, job: str, reference=None):
 
 
 def run(settings: Settings) -> Result:
-    training = import_training_helpers()
     tower_cache = import_tower_cache()
     import hub_datasets
 
     count, batch_size = settings.pick((48, 8), (8, 4))
     corpus = synthetic_corpus(settings, settings.pick(2000, 40))
     split = hub_datasets.synthetic_emotion_loso_fold(corpus, test_session=1)["train"]
-    prepared = training.prepare_split(split.shuffle(seed=0).select(range(count)), "label", 20.0)
+    prepared = prepare_split(split.shuffle(seed=0).select(range(count)), "label", 20.0)
     with tempfile.TemporaryDirectory() as scratch:
-        processor = training.build_processor(
-            training.ModelArguments(preset=settings.preset), prepared["text"], Path(scratch)
-        )
+        processor = build_processor(ModelArguments(preset=settings.preset), prepared["text"], Path(scratch))
     cached_epochs = settings.pick(3, 2)
     cache_root = Path(tempfile.mkdtemp(prefix="tower-cache-", dir=settings.cache_dir))
     result = Result(NAME, TITLE)
@@ -125,22 +122,20 @@ def run(settings: Settings) -> Result:
     reference = None
     try:
         for job in ("fine-tuning", "pretraining", "probing"):
-            model = build_models(training, settings, processor, job, reference)
+            model = build_models(settings, processor, job, reference)
             reference = reference or model
             rows = prepared.remove_columns("labels") if job == "pretraining" else prepared
             uncached_collator = (
-                training.PretrainingCollator(processor)
-                if job == "pretraining"
-                else training.AudioTextCollator(processor)
+                PretrainingCollator(processor) if job == "pretraining" else AudioTextCollator(processor)
             )
-            uncached = train_epochs(training, settings, model, rows, uncached_collator, 1, batch_size)
+            uncached = train_epochs(settings, model, rows, uncached_collator, 1, batch_size)
 
             started = time.perf_counter()
             cache_dir = cache_root / ("pretraining" if job == "pretraining" else "classification")
             cache = tower_cache.build_tower_cache(model, rows, processor, cache_dir, batch_size=batch_size)
             build_seconds = time.perf_counter() - started
             collator = tower_cache.TowerOutputCollator()
-            cached = train_epochs(training, settings, model, cache, collator, cached_epochs, batch_size)
+            cached = train_epochs(settings, model, cache, collator, cached_epochs, batch_size)
 
             device = settings.runtime.device
             flop_ratio = step_flops(

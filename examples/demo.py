@@ -33,19 +33,14 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import report  # examples/report.py: this script's folder is first on sys.path when it runs
 import transformers
 from datasets import concatenate_datasets
 from tqdm.auto import tqdm
 
-
-EXAMPLES = Path(__file__).resolve().parent
-sys.path.insert(0, str(EXAMPLES))
-
-import report  # noqa: E402
-from cmt_training import aggregate, write_json  # noqa: E402
-from model_card import write_model_card  # noqa: E402
-
-import hub_datasets  # noqa: E402
+import hub_datasets
+from cmt_training.model_card import write_model_card
+from cmt_training.results import aggregate, write_json
 
 
 # What runs, by mode. Fine-tuning rows: (name, paper row it stands for, starting point, extra arguments).
@@ -130,14 +125,14 @@ class Demo:
         if output.exists():
             shutil.rmtree(output)  # an unfinished earlier attempt of this demo step, never user data
         started = time.time()
-        script = importlib.import_module(module)
-        argv = [f"{module}.py", *map(str, arguments), "--output_dir", str(output)]
+        script = importlib.import_module(module)  # a script beside this one: run_finetune, run_pretrain, ...
+        argv = [*map(str, arguments), "--output_dir", str(output)]
         log = self.logs / f"{name}.log"
-        with log.open("w") as handle, _patched_argv(argv), contextlib.redirect_stdout(handle):
+        with log.open("w") as handle, contextlib.redirect_stdout(handle):
             handler = logging.StreamHandler(handle)
             logging.getLogger().addHandler(handler)
             try:
-                script.main()
+                script.main(argv)
             except Exception as error:
                 raise RuntimeError(f"Demo step {name!r} failed; its log is {log}.") from error
             finally:
@@ -177,14 +172,10 @@ class Demo:
                 shutil.rmtree(codebook)
             started = time.time()
             script = importlib.import_module("fit_codebook")
-            argv = ["fit_codebook.py", "--preset", s["preset"], *pairs, "--codebook_size", "32",
+            argv = ["--preset", s["preset"], *pairs, "--codebook_size", "32",
                     "--max_audio_seconds", str(s["max_audio_seconds"]), "--output_dir", str(codebook)]  # fmt: skip
-            with (
-                (self.logs / "codebook.log").open("w") as handle,
-                _patched_argv(argv),
-                contextlib.redirect_stdout(handle),
-            ):
-                script.main()
+            with (self.logs / "codebook.log").open("w") as handle, contextlib.redirect_stdout(handle):
+                script.main(argv)
             self.timings["codebook"] = round(time.time() - started, 1)
         pretrained = self.step(
             "pretrain", "run_pretrain",
@@ -439,16 +430,6 @@ def _quiet_logging():
     transformers.utils.logging.disable_progress_bar()  # weight loading / shard writing bars of every step
     for name in ("transformers", "run_finetune", "run_pretrain", "fit_codebook", "cmt_training", "__main__"):
         logging.getLogger(name).setLevel(logging.INFO)
-
-
-@contextlib.contextmanager
-def _patched_argv(argv: list[str]):
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def main(argv: list[str] | None = None):

@@ -12,45 +12,26 @@ codebook, processor) for `run_pretrain.py --model_name_or_path`.
 """
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from cmt_training import (
-    AudioTextCollator,
-    DataArguments,
-    ModelArguments,
-    build_model,
-    build_processor,
-    check_output_dir,
-    load_pretraining_corpus,
-    parse_arguments,
-    prepare_split,
-)
 from sklearn.cluster import MiniBatchKMeans
 from transformers import set_seed
 
+from cmt_training.arguments import CodebookArguments, DataArguments, ModelArguments, parse_args
+from cmt_training.build import build_model, build_processor
+from cmt_training.data import AudioTextCollator, prepare_split
+from cmt_training.tasks import load_pretraining_corpus
+from cmt_training.trainer import check_output_dir
 from modeling_cmt import CMTForPreTraining
 
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class CodebookArguments:
-    output_dir: str = field(metadata={"help": "Where the pretraining checkpoint with its codebook is written."})
-    codebook_size: int = field(default=100, metadata={"help": "Number of acoustic units (k-means clusters)."})
-    codebook_layer: int | None = field(default=None, metadata={"help": "Audio tower hidden state to cluster."})
-    max_utterances: int = field(default=2000, metadata={"help": "Utterances sampled from the corpus."})
-    batch_size: int = field(default=8, metadata={"help": "Utterances per feature-extraction batch."})
-    seed: int = field(default=0, metadata={"help": "Sampling and k-means seed."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Write over an existing checkpoint."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Unused; accepted for symmetry."})
-
-
-def main():
-    model_args, data_args, args = parse_arguments((ModelArguments, DataArguments, CodebookArguments))
+def main(argv: list[str] | None = None) -> Path:
+    model_args, data_args, args = parse_args((ModelArguments, DataArguments, CodebookArguments), argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     check_output_dir(args)
     set_seed(args.seed)
@@ -100,6 +81,7 @@ def main():
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     logger.info(f"codebook stored in {output_dir}/model.safetensors (tensor `codebook`)")
+    return output_dir
 
 
 if __name__ == "__main__":

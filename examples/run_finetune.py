@@ -23,54 +23,44 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cmt_training import (
-    AudioTextCollator,
-    CMTTrainer,
+from transformers import set_seed
+
+from cmt_training.arguments import (
     CMTTrainingArguments,
     DataArguments,
     ModelArguments,
-    aggregate,
-    apply_cpu_allocator_tuning,
-    build_model,
-    build_processor,
-    check_output_dir,
-    compute_task_metrics,
-    environment_card,
-    flat_metrics,
-    get_task,
-    label_names,
-    last_complete_checkpoint,
-    load_corpus,
-    make_compute_metrics,
-    parameter_checksum,
-    parse_arguments,
-    prepare_split,
-    resolve_folds,
-    setup_logging,
-    task_splits,
-    write_json,
+    TowerCacheArguments,
+    parse_args,
 )
-from model_card import push_or_explain, write_model_card
-from tower_cache import TowerOutputCollator, build_tower_cache, tower_cache_fingerprint
-from transformers import set_seed
-
+from cmt_training.build import build_model, build_processor
+from cmt_training.cpu import apply_cpu_allocator_tuning
+from cmt_training.data import AudioTextCollator, prepare_split
+from cmt_training.logging_utils import setup_logging
+from cmt_training.metrics import compute_task_metrics, flat_metrics, make_compute_metrics
+from cmt_training.model_card import push_or_explain, write_model_card
+from cmt_training.results import aggregate, command_line, environment_card, write_json
+from cmt_training.tasks import get_task, resolve_folds
+from cmt_training.tower_cache import TowerOutputCollator, build_tower_cache, tower_cache_fingerprint
+from cmt_training.trainer import CMTTrainer, check_output_dir, parameter_checksum, resolve_resume_checkpoint
 from modeling_cmt import CMTForSequenceClassification
 
 
 logger = logging.getLogger(__name__)
 
 
-def run_fold(fold, task, corpus, model_args, data_args, training_args, output_dir: Path) -> dict:
+def train_and_test_fold(
+    fold, task, corpus, model_args, data_args, cache_args, training_args, output_dir: Path
+) -> dict:
     started = time.time()
     training_args.output_dir = str(output_dir)
     set_seed(training_args.seed)
 
     # Data: the fold's splits, decoded and resampled once
-    splits = task_splits(task, corpus, fold)
+    splits = task.fold(corpus, fold)
     if data_args.train_fraction < 1.0:
         keep = max(1, int(round(len(splits["train"]) * data_args.train_fraction)))
         splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(range(keep))
-    names = label_names(task, splits["train"])
+    names = task.label_names(splits["train"])
     with training_args.main_process_first(desc="decoding audio"):
         prepared = {
             name: prepare_split(
@@ -98,9 +88,8 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
         )
 
     # Frozen towers: run them once and train the cross-modal layers and the head on their cached outputs
-    regression = task.problem == "regression"
-    collator, trained_on = AudioTextCollator(processor, regression=regression), prepared
-    if model_args.cache_tower_outputs:
+    collator, trained_on = AudioTextCollator(processor, regression=task.regression), prepared
+    if cache_args.cache_tower_outputs:
         if not model_args.freeze_towers:
             raise ValueError(
                 "--cache_tower_outputs needs --freeze_towers true: cached outputs cannot train the towers."
@@ -114,7 +103,7 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
                 fingerprint = tower_cache_fingerprint(model, split, processor)
                 cache_dir = cache_root / f"{name}-{fingerprint[:16]}"
                 trained_on[name] = build_tower_cache(model, split, processor, cache_dir)
-        collator = TowerOutputCollator(regression=regression)
+        collator = TowerOutputCollator(regression=task.regression)
 
     # Trainer
     trainer = CMTTrainer(
@@ -128,10 +117,7 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
     )
 
     # Training
-    resume = training_args.resume_from_checkpoint
-    if resume in ("True", "true", "auto", True):
-        resume = last_complete_checkpoint(output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir))
     trainer.save_model(str(output_dir))
     checksum = parameter_checksum(trainer.model)
     logger.warning(f"[rank {training_args.process_index}] parameter checksum: {checksum:.12e}")
@@ -148,13 +134,15 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
             by_item_type[item_type] = flat_metrics(
                 compute_task_metrics(task, logits[selected], prediction.label_ids[selected], names)
             )
-    best_validation = trainer.state.best_metric
     result = {
         "fold": fold,
         "metrics": metrics,
         "flat_metrics": flat_metrics(metrics),
         "by_item_type": by_item_type,
-        "validation": {"best_metric": best_validation, "best_checkpoint": trainer.state.best_model_checkpoint},
+        "validation": {
+            "best_metric": trainer.state.best_metric,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+        },
         "data": {
             name: {
                 "rows": len(split),
@@ -168,7 +156,7 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
         },
         "log_history": trainer.state.log_history,
         "parameter_checksum": checksum,
-        "cached_tower_outputs": model_args.cache_tower_outputs,
+        "cached_tower_outputs": cache_args.cache_tower_outputs,
         "wall_time_s": round(time.time() - started, 1),
     }
     if trainer.is_world_process_zero():
@@ -176,9 +164,11 @@ def run_fold(fold, task, corpus, model_args, data_args, training_args, output_di
     return result
 
 
-def main():
-    # Arguments: command line, or one JSON file
-    model_args, data_args, training_args = parse_arguments((ModelArguments, DataArguments, CMTTrainingArguments))
+def main(argv: list[str] | None = None) -> dict:
+    # Arguments: command line (or `argv`), or one JSON file
+    model_args, data_args, cache_args, training_args = parse_args(
+        (ModelArguments, DataArguments, TowerCacheArguments, CMTTrainingArguments), argv
+    )
 
     # Logging
     setup_logging(training_args, logger)
@@ -193,25 +183,24 @@ def main():
         training_args.greater_is_better = task.greater_is_better
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     output_dir = Path(training_args.output_dir)
+    eval_strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     protocol = {
         "task": data_args.task,
         "corpus": task.corpus,
         "description": task.description,
         "folds": folds,
-        "split": "leave-one-session-out, validation = next session"
-        if task.folds
-        else "standard train/validation/test",
+        "split": task.split,
         "train_fraction": data_args.train_fraction,
         "checkpoint_selection": (
             f"best validation {task.best_metric} ({'max' if task.greater_is_better else 'min'}), evaluated every "
-            f"{training_args.eval_strategy.value if hasattr(training_args.eval_strategy, 'value') else training_args.eval_strategy}"
+            f"{eval_strategy}"
         ),
         "metric_variants": (
             {
                 "acc7": "round(clip(x, -3, 3)) (MulT/MMSA); acc7_sdk also reported",
                 "acc2": "has0 and non0 both reported",
             }
-            if task.problem == "regression"
+            if task.regression
             else {"wa": "overall accuracy", "ua": "mean per-class recall", "binary": "MulT one-vs-rest from 4-class"}
         ),
         "seed": training_args.seed,
@@ -226,17 +215,19 @@ def main():
             "world_size": training_args.world_size,
             "train_sampling_strategy": training_args.train_sampling_strategy,
         },
-        **environment_card(),
+        **environment_card(command_line(__file__, argv)),
     }
 
     # Data
-    corpus = load_corpus(task, data_args)
+    corpus = task.load(data_args)
 
     # Train and test every fold
     results = []
     for fold in folds:
         fold_dir = output_dir / f"fold_{fold}" if fold is not None else output_dir
-        results.append(run_fold(fold, task, corpus, model_args, data_args, training_args, fold_dir))
+        results.append(
+            train_and_test_fold(fold, task, corpus, model_args, data_args, cache_args, training_args, fold_dir)
+        )
 
     # Results: per fold and mean ± std
     summary = {
@@ -260,6 +251,7 @@ def main():
         write_model_card(card_dir, summary, hub_model_id=training_args.hub_model_id)
         if push_to_hub:
             push_or_explain(card_dir, training_args.hub_model_id, training_args.hub_token)
+    return summary
 
 
 if __name__ == "__main__":

@@ -24,31 +24,25 @@ TAPT is the same script pointed at a task's training split (labels unused; the f
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmt_training import (
-    CMTTrainer,
-    CMTTrainingArguments,
-    DataArguments,
-    ModelArguments,
-    PretrainingCollator,
-    apply_cpu_allocator_tuning,
-    build_model,
-    build_processor,
-    check_output_dir,
-    environment_card,
-    last_complete_checkpoint,
-    load_pretraining_corpus,
-    parameter_checksum,
-    parse_arguments,
-    prepare_split,
-    setup_logging,
-    write_json,
-)
 from datasets import IterableDataset
 from transformers import set_seed
 
+from cmt_training.arguments import (
+    CMTPretrainingArguments,
+    DataArguments,
+    ModelArguments,
+    PretrainingArguments,
+    parse_args,
+)
+from cmt_training.build import build_model, build_processor
+from cmt_training.cpu import apply_cpu_allocator_tuning
+from cmt_training.data import PretrainingCollator, prepare_split
+from cmt_training.logging_utils import setup_logging
+from cmt_training.results import command_line, environment_card, write_json
+from cmt_training.tasks import load_pretraining_corpus
+from cmt_training.trainer import CMTTrainer, check_output_dir, parameter_checksum, resolve_resume_checkpoint
 from modeling_cmt import CMTForPreTraining
 
 
@@ -57,28 +51,10 @@ logger = logging.getLogger(__name__)
 STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 
-@dataclass
-class PretrainingArguments:
-    stage: str = field(default="both", metadata={"help": "1 (towers frozen), 2 (all unfrozen) or both (1 then 2)."})
-    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for MLM."})
-    unit_loss_weight: float | None = field(default=None, metadata={"help": "Masked acoustic unit prediction weight."})
-    mlm_loss_weight: float | None = field(default=None, metadata={"help": "Masked language modelling weight."})
-    matching_loss_weight: float | None = field(default=None, metadata={"help": "Audio–text matching weight."})
-
-
-@dataclass
-class CMTPretrainingArguments(CMTTrainingArguments):
-    """Pretraining has no validation split: no evaluation, the final model is the result."""
-
-    eval_strategy: str = field(default="no", metadata={"help": "When to evaluate (pretraining has no metric)."})
-    load_best_model_at_end: bool = field(default=False, metadata={"help": "Keep the last model."})
-    metric_for_best_model: str | None = field(default=None, metadata={"help": "Unused in pretraining."})
-
-
-def main():
-    # Arguments: command line, or one JSON file
-    model_args, data_args, pretraining_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, PretrainingArguments, CMTPretrainingArguments)
+def main(argv: list[str] | None = None) -> dict:
+    # Arguments: command line (or `argv`), or one JSON file
+    model_args, data_args, pretraining_args, training_args = parse_args(
+        (ModelArguments, DataArguments, PretrainingArguments, CMTPretrainingArguments), argv
     )
 
     # Logging
@@ -108,12 +84,7 @@ def main():
 
     # Model
     processor = build_processor(model_args, sample_texts, output_dir)
-    weights = {
-        name: getattr(pretraining_args, name)
-        for name in ("unit_loss_weight", "mlm_loss_weight", "matching_loss_weight")
-        if getattr(pretraining_args, name) is not None
-    }
-    model = build_model(CMTForPreTraining, model_args, processor, **weights)
+    model = build_model(CMTForPreTraining, model_args, processor, **pretraining_args.loss_weights())
     if model.config.unit_loss_weight > 0 and not model.codebook_is_fitted:
         raise ValueError(
             "This checkpoint has no fitted codebook for masked acoustic unit prediction: run examples/fit_codebook.py "
@@ -140,10 +111,9 @@ def main():
             data_collator=collator,
             processing_class=processor,
         )
-        resume = training_args.resume_from_checkpoint
-        if resume in ("True", "true", "auto"):
-            resume = last_complete_checkpoint(stage_dir)
-        trainer.train(resume_from_checkpoint=resume)
+        trainer.train(
+            resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, stage_dir)
+        )
         trainer.save_model(str(stage_dir))
         history[f"stage{stage}"] = trainer.state.log_history
 
@@ -152,37 +122,36 @@ def main():
         trainer.save_model(str(output_dir))
     checksum = parameter_checksum(model)
     logger.warning(f"[rank {training_args.process_index}] parameter checksum: {checksum:.12e}")
-    if trainer.is_world_process_zero():
-        final_losses = {
-            stage: {k: v for k, v in log[-2].items() if k.endswith("loss")} if len(log) > 1 else {}
-            for stage, log in history.items()
-        }
-        write_json(
-            output_dir / "results.json",
-            {
-                "protocol": {
-                    "corpus": data_args.task,
-                    "tapt": data_args.task not in ("audio_text_pairs",),
-                    "fold": data_args.test_fold,
-                    "stages": list(stages),
-                    "loss_weights": {
-                        name: getattr(model.config, name)
-                        for name in ("unit_loss_weight", "mlm_loss_weight", "matching_loss_weight")
-                    },
-                    "mlm_probability": pretraining_args.mlm_probability,
-                    "learning_rate": training_args.learning_rate,
-                    "tower_learning_rate": training_args.tower_learning_rate,
-                    "seed": training_args.seed,
-                    "model": {k: v for k, v in vars(model_args).items() if v is not None},
-                    **environment_card(),
-                },
-                "final_losses": final_losses,
-                "log_history": history,
-                "parameter_checksum": checksum,
-                "wall_time_s": round(time.time() - started, 1),
+    final_losses = {
+        stage: {k: v for k, v in log[-2].items() if k.endswith("loss")} if len(log) > 1 else {}
+        for stage, log in history.items()
+    }
+    results = {
+        "protocol": {
+            "corpus": data_args.task,
+            "tapt": data_args.task not in ("audio_text_pairs",),
+            "fold": data_args.test_fold,
+            "stages": list(stages),
+            "loss_weights": {
+                name: getattr(model.config, name)
+                for name in ("unit_loss_weight", "mlm_loss_weight", "matching_loss_weight")
             },
-        )
+            "mlm_probability": pretraining_args.mlm_probability,
+            "learning_rate": training_args.learning_rate,
+            "tower_learning_rate": training_args.tower_learning_rate,
+            "seed": training_args.seed,
+            "model": {k: v for k, v in vars(model_args).items() if v is not None},
+            **environment_card(command_line(__file__, argv)),
+        },
+        "final_losses": final_losses,
+        "log_history": history,
+        "parameter_checksum": checksum,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    if trainer.is_world_process_zero():
+        write_json(output_dir / "results.json", results)
         logger.warning(f"pretraining done in {time.time() - started:.0f} s; model and codebook in {output_dir}")
+    return results
 
 
 if __name__ == "__main__":

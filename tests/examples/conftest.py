@@ -1,6 +1,7 @@
-"""Fixtures for the example scripts: the scripts' folder on sys.path, a tiny synthetic corpus and a toy dataset."""
+"""Fixtures for the example scripts: a loader that runs a script's `main(argv)`, a tiny synthetic corpus and a toy
+dataset."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SYNTHETIC_SIZE = 80
 
 
-@pytest.fixture(scope="session", autouse=True)
-def examples_on_path():
-    sys.path.insert(0, str(EXAMPLES))
-    yield
-    sys.path.remove(str(EXAMPLES))
+def load_script(name: str):
+    """`examples/<name>.py` as a module (the scripts are files, not an installed package)."""
+    spec = importlib.util.spec_from_file_location(f"cmt_examples_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -61,15 +63,11 @@ def word_dataset(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def run_script(monkeypatch):
-    """Runs an example script's `main()` in this process with the given command-line arguments."""
+@pytest.fixture(scope="session")
+def run_script():
+    """Runs an example script's `main(argv)` in this process with the given command-line arguments."""
 
-    def run(module: str, *args):
-        import importlib
-
-        script = importlib.import_module(module)
-        monkeypatch.setattr(sys, "argv", [f"{module}.py", *map(str, args)])
-        return script.main()
+    def run(name: str, *args):
+        return load_script(name).main([str(argument) for argument in args])
 
     return run

@@ -1,31 +1,19 @@
-"""Tests for the `evaluate` metric modules in `examples/metrics/`.
+"""Tests for the `evaluate` metric modules in `cmt_training/metrics/`.
 
 Expected values are derived by hand in the comments (counts of true/false positives per class), never by calling
 scikit-learn again.
 """
 
-import importlib.util
 import math
-from pathlib import Path
 
 import evaluate
 import numpy as np
 import pytest
 
+from cmt_training.metrics import METRICS_DIR, load_metric
+from cmt_training.metrics.emotion_recognition import emotion_recognition
+from cmt_training.metrics.sentiment_regression import sentiment_regression
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-METRICS_DIR = REPO_ROOT / "examples" / "metrics"
-
-
-def _import_metric_module(name):
-    spec = importlib.util.spec_from_file_location(f"cmt_test_{name}", METRICS_DIR / name / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-emotion_recognition = _import_metric_module("emotion_recognition")
-sentiment_regression = _import_metric_module("sentiment_regression")
 
 EMOTIONS = ["ang", "hap", "neu", "sad"]
 
@@ -284,8 +272,8 @@ def test_sentiment_bad_inputs_raise(predictions, references, kwargs, match):
 
 
 def test_emotion_metric_loads_offline_from_relative_path(offline, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
-    metric = evaluate.load("examples/metrics/emotion_recognition", keep_in_memory=True, cache_dir=str(offline))
+    monkeypatch.chdir(METRICS_DIR.parents[1])  # the repository root
+    metric = evaluate.load("cmt_training/metrics/emotion_recognition", keep_in_memory=True, cache_dir=str(offline))
 
     results = metric.compute(predictions=EMOTION_PREDICTIONS, references=EMOTION_REFERENCES, label_names=EMOTIONS)
 
@@ -312,8 +300,10 @@ def test_sentiment_metric_loads_offline_from_absolute_path(offline):
 
 
 def test_loaded_metrics_reject_bad_inputs(offline):
-    emotion = evaluate.load(str(METRICS_DIR / "emotion_recognition"), keep_in_memory=True, cache_dir=str(offline))
-    sentiment = evaluate.load(str(METRICS_DIR / "sentiment_regression"), keep_in_memory=True, cache_dir=str(offline))
+    emotion = load_metric("emotion_recognition", keep_in_memory=True, cache_dir=str(offline))
+    sentiment = load_metric("sentiment_regression", keep_in_memory=True, cache_dir=str(offline))
+    with pytest.raises(ValueError, match="Unknown metric 'accuracy'"):
+        load_metric("accuracy")
 
     with pytest.raises(ValueError, match="outside"):
         emotion.compute(predictions=[0, 5], references=[0, 1], num_labels=4)

@@ -1,4 +1,4 @@
-"""examples/tower_cache.py: cached tower outputs give what the towers give, stale caches are never used, the cache
+"""cmt_training.tower_cache: cached tower outputs give what the towers give, stale caches are never used, the cache
 trains the cross-modal stack from a Trainer, and `run_finetune.py --cache_tower_outputs` trains from one cache per
 split."""
 
@@ -10,6 +10,12 @@ import pytest
 import torch
 from datasets import Audio, Dataset, DatasetDict, Features, Value
 
+from cmt_training import tower_cache
+from cmt_training.arguments import CMTTrainingArguments, ModelArguments
+from cmt_training.build import build_model, build_processor
+from cmt_training.data import AudioTextCollator, prepare_split
+from cmt_training.tasks import load_user_dataset
+from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTConfig, CMTForPreTraining, CMTForSequenceClassification
 from modeling_cmt.configuration_cmt import load_preset
 
@@ -74,26 +80,12 @@ def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-@pytest.fixture
-def tower_cache():
-    import tower_cache
-
-    return tower_cache
-
-
-@pytest.fixture
-def training():
-    import cmt_training
-
-    return cmt_training
-
-
-def cached_batch(tower_cache, cache, indices, regression=False):
+def cached_batch(cache, indices, regression=False):
     return tower_cache.TowerOutputCollator(regression=regression)([cache[i] for i in indices])
 
 
-def uncached_batch(training, processor, dataset, indices, regression=False):
-    return training.AudioTextCollator(processor, regression=regression)([dataset[i] for i in indices])
+def uncached_batch(processor, dataset, indices, regression=False):
+    return AudioTextCollator(processor, regression=regression)([dataset[i] for i in indices])
 
 
 @pytest.mark.parametrize(
@@ -105,7 +97,7 @@ def uncached_batch(training, processor, dataset, indices, regression=False):
     ],
     ids=["cmt", "hubert_only", "roberta_only"],
 )
-def test_cached_logits_and_loss_equal_the_uncached_model(tower_cache, training, processor, tmp_path, architecture):
+def test_cached_logits_and_loss_equal_the_uncached_model(processor, tmp_path, architecture):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(tiny_config(**architecture)).eval()
     dataset = prepared_rows()
@@ -116,47 +108,45 @@ def test_cached_logits_and_loss_equal_the_uncached_model(tower_cache, training, 
     grouped_by = "audio_tower_output" if "audio" in towers else "text_tower_output"  # frames, or tokens without audio
     assert list(cache["length"]) == [len(row[grouped_by]) for row in cache]
     indices = [0, 3, 4, 7]  # another batching than the cache build's
-    batch = cached_batch(tower_cache, cache, indices)
+    batch = cached_batch(cache, indices)
     assert batch["labels"].dtype == torch.long
     with torch.no_grad():
-        expected = model(**uncached_batch(training, processor, dataset, indices))
+        expected = model(**uncached_batch(processor, dataset, indices))
         cached = model(**batch)
     torch.testing.assert_close(cached.logits, expected.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
 
 
-def test_regression_cache_keeps_float_labels(tower_cache, training, processor, tmp_path):
+def test_regression_cache_keeps_float_labels(processor, tmp_path):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(tiny_config(num_labels=1, problem_type="regression")).eval()
     dataset = prepared_rows(regression=True)
     cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache")
     indices = [1, 2, 8]
-    batch = cached_batch(tower_cache, cache, indices, regression=True)
+    batch = cached_batch(cache, indices, regression=True)
     assert batch["labels"].dtype == torch.float32
     torch.testing.assert_close(batch["labels"], torch.tensor([dataset[i]["labels"] for i in indices]))
     with torch.no_grad():
-        expected = model(**uncached_batch(training, processor, dataset, indices, regression=True))
+        expected = model(**uncached_batch(processor, dataset, indices, regression=True))
         cached = model(**batch)
     torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_of_a_prepared_split_reproduces_the_towers(tower_cache, training, word_dataset, tmp_path):
-    split = training.prepare_split(
-        training.load_user_dataset(str(word_dataset))["validation"].select(range(12)), "label", 3.0
-    )
-    model_args = training.ModelArguments(preset="tiny", freeze_towers=True)
-    processor = training.build_processor(model_args, split["text"], tmp_path)
-    model = training.build_model(CMTForSequenceClassification, model_args, processor, num_labels=2).eval()
+def test_cache_of_a_prepared_split_reproduces_the_towers(word_dataset, tmp_path):
+    split = prepare_split(load_user_dataset(str(word_dataset))["validation"].select(range(12)), "label", 3.0)
+    model_args = ModelArguments(preset="tiny", freeze_towers=True)
+    processor = build_processor(model_args, split["text"], tmp_path)
+    model = build_model(CMTForSequenceClassification, model_args, processor, num_labels=2).eval()
     cache = tower_cache.build_tower_cache(model, split, processor, tmp_path / "cache", batch_size=5)
     assert len(cache) == 12
     assert {"audio_tower_output", "text_tower_output", "labels", "length"} <= set(cache.column_names)
     with torch.no_grad():
-        expected = model(**training.AudioTextCollator(processor)(list(split))).logits
+        expected = model(**AudioTextCollator(processor)(list(split))).logits
         actual = model(**tower_cache.TowerOutputCollator()(list(cache))).logits
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_train_step_gives_the_same_gradients_with_dropout_off(tower_cache, training, processor, tmp_path):
+def test_cached_train_step_gives_the_same_gradients_with_dropout_off(processor, tmp_path):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(tiny_config(ortho_weight=0.1))
     model.freeze_towers()
@@ -171,8 +161,8 @@ def test_cached_train_step_gives_the_same_gradients_with_dropout_off(tower_cache
         loss.backward()
         return loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    loss, expected = gradients(uncached_batch(training, processor, dataset, indices))
-    cached_loss, cached = gradients(cached_batch(tower_cache, cache, indices))
+    loss, expected = gradients(uncached_batch(processor, dataset, indices))
+    cached_loss, cached = gradients(cached_batch(cache, indices))
     torch.testing.assert_close(cached_loss, loss, atol=1e-5, rtol=1e-5)
     assert expected and set(cached) == set(expected)
     assert not any(".audio_model." in f".{name}" or ".text_model." in f".{name}" for name in cached)
@@ -180,7 +170,7 @@ def test_cached_train_step_gives_the_same_gradients_with_dropout_off(tower_cache
         torch.testing.assert_close(cached[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_cache_is_reused_and_kept_for_new_cross_layers(tower_cache, processor, tmp_path, monkeypatch):
+def test_cache_is_reused_and_kept_for_new_cross_layers(processor, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(tiny_config())
     dataset = prepared_rows(6)
@@ -200,7 +190,7 @@ def test_cache_is_reused_and_kept_for_new_cross_layers(tower_cache, processor, t
 
 
 @pytest.mark.parametrize("change", ["audio_weights", "text_weights", "data", "labels", "processor"])
-def test_a_stale_cache_is_refused_or_rebuilt(tower_cache, processor, feature_extractor, tmp_path, change):
+def test_a_stale_cache_is_refused_or_rebuilt(processor, feature_extractor, tmp_path, change):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(tiny_config())
     dataset = prepared_rows(6)
@@ -235,7 +225,7 @@ def test_a_stale_cache_is_refused_or_rebuilt(tower_cache, processor, feature_ext
     torch.testing.assert_close(rebuilt[0]["text_tower_output"], states[0], atol=1e-5, rtol=1e-5)
 
 
-def test_pretraining_cache_holds_the_uncached_unit_targets(tower_cache, training, processor, tmp_path):
+def test_pretraining_cache_holds_the_uncached_unit_targets(processor, tmp_path):
     torch.manual_seed(0)
     config = tiny_config(mlm_loss_weight=0.0)
     config.audio_config.mask_time_prob = 0.05  # the mask embedding exists only with masking on
@@ -245,10 +235,10 @@ def test_pretraining_cache_holds_the_uncached_unit_targets(tower_cache, training
     model.set_codebook(torch.randn(config.codebook_size, config.audio_config.hidden_size))
     dataset = prepared_rows(6)
     cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache")
-    batch = uncached_batch(training, processor, dataset, range(6))
+    batch = uncached_batch(processor, dataset, range(6))
     features, frame_mask = model.compute_unit_features(batch["input_values"], batch["audio_attention_mask"])
     units = model.assign_units(features)
-    cached = cached_batch(tower_cache, cache, range(6))
+    cached = cached_batch(cache, range(6))
     assert torch.equal(cached["audio_frame_mask"], frame_mask)
     torch.testing.assert_close(cached["unit_labels"][frame_mask], units[frame_mask])
 
@@ -262,14 +252,14 @@ def test_pretraining_cache_holds_the_uncached_unit_targets(tower_cache, training
         model(**cached, mlm_labels=torch.full_like(cached["attention_mask"], -100))
 
 
-def test_cache_trains_the_cross_stack_from_a_trainer(tower_cache, training, processor, tmp_path):
+def test_cache_trains_the_cross_stack_from_a_trainer(processor, tmp_path):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(CMTConfig.from_preset("tiny", num_labels=4))
     model.freeze_towers()
     cache = tower_cache.build_tower_cache(model, prepared_rows(12), processor, tmp_path / "cache")
     towers = {name: p.clone() for name, p in model.named_parameters() if not p.requires_grad}
     cross = model.cmt.encoder.layers[0].attention.q_proj.weight.clone()
-    args = training.CMTTrainingArguments(
+    args = CMTTrainingArguments(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
         max_steps=3,
@@ -281,9 +271,7 @@ def test_cache_trains_the_cross_stack_from_a_trainer(tower_cache, training, proc
         use_cpu=True,
         disable_tqdm=True,
     )
-    trainer = training.CMTTrainer(
-        model=model, args=args, train_dataset=cache, data_collator=tower_cache.TowerOutputCollator()
-    )
+    trainer = CMTTrainer(model=model, args=args, train_dataset=cache, data_collator=tower_cache.TowerOutputCollator())
     trainer.train()
     assert all(torch.equal(p, towers[name]) for name, p in model.named_parameters() if name in towers)
     assert not torch.equal(model.cmt.encoder.layers[0].attention.q_proj.weight, cross)
@@ -315,16 +303,14 @@ def scored_dataset(path: Path) -> Path:
 @pytest.fixture
 def trainers(monkeypatch):
     """Every CMTTrainer the script builds, to look at its datasets and collator after the run."""
-    import cmt_training
-
     built = []
-    original = cmt_training.CMTTrainer.__init__
+    original = CMTTrainer.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         built.append(self)
 
-    monkeypatch.setattr(cmt_training.CMTTrainer, "__init__", init)
+    monkeypatch.setattr(CMTTrainer, "__init__", init)
     return built
 
 
@@ -335,9 +321,7 @@ def test_run_finetune_caching_needs_frozen_towers(run_script, word_dataset, tmp_
 
 
 @pytest.mark.parametrize("problem", ["classification", "regression"])
-def test_run_finetune_trains_from_one_cache_per_split(
-    tower_cache, run_script, trainers, word_dataset, tmp_path, problem
-):
+def test_run_finetune_trains_from_one_cache_per_split(run_script, trainers, word_dataset, tmp_path, problem):
     task = ["--dataset_path", word_dataset]
     if problem == "regression":
         task = ["--dataset_path", scored_dataset(tmp_path / "scored"), "--label_column", "score"]
@@ -370,9 +354,7 @@ def test_run_finetune_trains_from_one_cache_per_split(
         assert (batch["labels"] != batch["labels"].round()).any()  # scores were not cut to integers
 
 
-def test_run_finetune_reuses_caches_and_keys_them_by_the_towers(
-    tower_cache, run_script, word_dataset, tmp_path, monkeypatch
-):
+def test_run_finetune_reuses_caches_and_keys_them_by_the_towers(run_script, word_dataset, tmp_path, monkeypatch):
     arguments = [
         "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--freeze_towers", "true",
         "--cache_tower_outputs", "true", "--max_steps", "1", "--cache_dir", tmp_path / "cache",

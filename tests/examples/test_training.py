@@ -12,8 +12,10 @@ import matplotlib.image
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import HubertConfig, HubertModel, TrainerCallback
+from transformers import HubertConfig, HubertModel, Trainer, TrainerCallback
 
+from cmt_training import cpu
+from cmt_training.trainer import CMTTrainer, NonFiniteLossError, last_complete_checkpoint
 from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
 
 
@@ -200,20 +202,16 @@ class _Fail(TrainerCallback):
 
 
 def _with_callback(monkeypatch, callback):
-    import cmt_training
-
-    original = cmt_training.CMTTrainer.__init__
+    original = CMTTrainer.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.add_callback(callback)
 
-    monkeypatch.setattr(cmt_training.CMTTrainer, "__init__", init)
+    monkeypatch.setattr(CMTTrainer, "__init__", init)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(run_script, word_dataset, tmp_path, monkeypatch):
-    from cmt_training import NonFiniteLossError
-
     _with_callback(monkeypatch, _Fail(at_step=3, what="nan"))
     output = tmp_path / "run"
     arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--save_strategy", "steps"]
@@ -227,9 +225,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(run_script, 
 
 
 def test_a_failed_save_leaves_no_half_written_checkpoint(run_script, word_dataset, tmp_path, monkeypatch):
-    import cmt_training
-
-    original = cmt_training.Trainer.save_model
+    original = Trainer.save_model
 
     def save_model(self, output_dir=None, _internal_call=False):
         if output_dir and output_dir.endswith("checkpoint-2"):
@@ -238,7 +234,7 @@ def test_a_failed_save_leaves_no_half_written_checkpoint(run_script, word_datase
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, output_dir, _internal_call)
 
-    monkeypatch.setattr(cmt_training.Trainer, "save_model", save_model)
+    monkeypatch.setattr(Trainer, "save_model", save_model)
     output = tmp_path / "run"
     arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--save_strategy", "steps"]
     with pytest.raises(OSError, match="disk is full.*partial folder was removed.*checkpoint-1"):
@@ -247,7 +243,7 @@ def test_a_failed_save_leaves_no_half_written_checkpoint(run_script, word_datase
             "--max_steps", "4", "--output_dir", output,
         )  # fmt: skip
     assert not (output / "checkpoint-2").exists()
-    assert cmt_training.last_complete_checkpoint(output).endswith("checkpoint-1")
+    assert last_complete_checkpoint(output).endswith("checkpoint-1")
 
 
 def test_killed_and_resumed_run_reaches_the_same_weights(run_script, word_dataset, tmp_path, monkeypatch):
@@ -287,18 +283,12 @@ def test_push_to_hub_offline_writes_the_folder_and_explains(run_script, word_dat
 
 
 @pytest.fixture(scope="module")
-def codebook_checkpoint(tmp_path_factory, synthetic_cache):
-    import importlib
-
+def codebook_checkpoint(tmp_path_factory, synthetic_cache, run_script):
     output = tmp_path_factory.mktemp("codebook") / "ckpt"
-    script = importlib.import_module("fit_codebook")
-    argv = sys.argv
-    sys.argv = ["fit_codebook.py", "--preset", "tiny", *synthetic(str(synthetic_cache), "--test_fold", "1"),
-                "--codebook_size", "12", "--max_audio_seconds", "3", "--output_dir", str(output)]  # fmt: skip
-    try:
-        script.main()
-    finally:
-        sys.argv = argv
+    run_script(
+        "fit_codebook", "--preset", "tiny", *synthetic(str(synthetic_cache), "--test_fold", "1"),
+        "--codebook_size", "12", "--max_audio_seconds", "3", "--output_dir", output,
+    )  # fmt: skip
     return output
 
 
@@ -414,12 +404,10 @@ def test_accelerate_configs_are_valid():
 def test_cpu_allocator_tuning_is_applied_on_linux_and_can_be_switched_off(
     run_script, word_dataset, tmp_path, monkeypatch
 ):
-    import cmt_training
-
     if sys.platform == "linux":  # glibc here: mallopt accepts all three settings
-        assert cmt_training.tune_cpu_allocator() is True
+        assert cpu.tune_cpu_allocator() is True
     calls = []
-    monkeypatch.setattr(cmt_training, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr(cpu, "tune_cpu_allocator", lambda: calls.append(1) or True)
     arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--num_train_epochs", "1"]
     run_script("run_finetune", *arguments, "--output_dir", tmp_path / "on")
     assert calls == [1]  # a CPU run tunes the allocator once

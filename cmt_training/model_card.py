@@ -11,7 +11,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, u
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
+# The project's MODEL_CARD.md (a link to it ships with the package).
+TEMPLATE = Path(__file__).resolve().parent / "MODEL_CARD.md"
 RESULTS_HEADING = "**Results of this checkpoint:**"
 
 DATASETS = {

@@ -3,7 +3,7 @@
 Load it offline from a local path (the folder and this file share a name):
 
     >>> import evaluate
-    >>> metric = evaluate.load("examples/metrics/emotion_recognition")
+    >>> metric = evaluate.load("cmt_training/metrics/emotion_recognition")
     >>> metric.compute(predictions=[0, 1, 2, 2], references=[0, 1, 2, 3], label_names=["ang", "hap", "neu", "sad"])
 
 Training scripts that do not want `evaluate`'s caching machinery call `compute_emotion_metrics` directly.
@@ -81,7 +81,7 @@ Returns:
 
 Examples:
     >>> import evaluate
-    >>> metric = evaluate.load("examples/metrics/emotion_recognition")
+    >>> metric = evaluate.load("cmt_training/metrics/emotion_recognition")
     >>> results = metric.compute(predictions=[0, 0, 1, 2], references=[0, 1, 1, 2], label_names=["ang", "hap", "neu"])
     >>> results["wa"], results["ua"]
     (0.75, 0.8333333333333334)

@@ -3,7 +3,7 @@
 Load it offline from a local path (the folder and this file share a name):
 
     >>> import evaluate
-    >>> metric = evaluate.load("examples/metrics/sentiment_regression")
+    >>> metric = evaluate.load("cmt_training/metrics/sentiment_regression")
     >>> metric.compute(predictions=[0.4, -1.2, 2.6], references=[0.0, -1.0, 3.0], acc7_rounding="mult")
 
 Training scripts that do not want `evaluate`'s caching machinery call `compute_sentiment_metrics` directly.
@@ -94,7 +94,7 @@ Returns:
 
 Examples:
     >>> import evaluate
-    >>> metric = evaluate.load("examples/metrics/sentiment_regression")
+    >>> metric = evaluate.load("cmt_training/metrics/sentiment_regression")
     >>> results = metric.compute(predictions=[0.5, -1.0, 2.0], references=[1.0, -1.0, 2.0], acc7_rounding="sdk")
     >>> results["acc7"], results["acc7_mult"], results["acc7_rounding"]
     (1.0, 0.6666666666666666, 'sdk')

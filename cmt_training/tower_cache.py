@@ -51,13 +51,14 @@ from torch.nn.utils.rnn import pad_sequence
 
 from modeling_cmt import CMTForPreTraining, CMTPreTrainedModel, CMTProcessor
 
+from .data import SAMPLING_RATE
+
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 DATA_FILE = "tower_outputs.arrow"
 META_FILE = "tower_cache.json"
-SAMPLING_RATE = 16000
 STORAGE_DTYPES = ("float32", "float16")
 # Items run through the towers per sorted chunk: sorting within a chunk keeps padding small and rows in order.
 SORT_CHUNK_BATCHES = 16
