@@ -10,6 +10,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 import modeling_cmt
 
+from .cpu import check_world_size, use_gloo_without_gpus
 from .tasks import TASKS
 
 
@@ -168,12 +169,21 @@ class CodebookArguments:
 
 
 def parse_args(groups: tuple, argv: list[str] | None = None) -> tuple:
-    """The argument groups from `argv` (default: the command line), or from one JSON file given as its only item."""
+    """The argument groups from `argv` (default: the command line), or from one JSON file given as its only item.
+    Training arguments parsed in a multi-process launch on a machine without GPUs set up gloo DDP
+    (`use_gloo_without_gpus`), and a launch whose processes would not form one job is refused."""
+    if any(issubclass(group, TrainingArguments) for group in groups):
+        use_gloo_without_gpus()
     parser = HfArgumentParser(groups)
     argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_json_file(json_file=argv[0])
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    for group in parsed:
+        if isinstance(group, TrainingArguments):
+            check_world_size(group)
+    return parsed
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:

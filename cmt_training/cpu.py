@@ -1,8 +1,12 @@
-"""CPU runtime tuning for the training scripts: glibc's malloc settings for PyTorch's activation buffers."""
+"""CPU runtime of the training scripts: glibc's malloc settings for PyTorch's activation buffers, and multi-process
+launches on machines without GPUs (gloo DDP)."""
 
 import ctypes
 import logging
+import os
 import sys
+
+import torch
 
 
 logger = logging.getLogger(__name__)
@@ -44,3 +48,34 @@ def apply_cpu_allocator_tuning(training_args) -> bool:
     if applied:
         logger.info("CPU run: glibc malloc keeps freed activation memory (--cpu_allocator_tuning false: off).")
     return applied
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher (accelerate launch, torchrun) started for this job; 1 for a plain run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_gloo_without_gpus() -> bool:
+    """
+    Makes a multi-process launch on a machine without GPUs one gloo DDP job. accelerate's multi-process launcher
+    (`accelerate launch --multi_gpu --num_processes N`, or `examples/accelerate_configs/cpu_ddp.yaml`) starts the N
+    processes with `ACCELERATE_USE_CPU=False`, and `TrainingArguments` then sets each up as a lone process: N
+    independent trainings racing on one output folder. Must run before the `TrainingArguments` are built (they set
+    up the devices when constructed). Returns whether it switched the processes to CPU DDP.
+    """
+    if launched_world_size() <= 1 or torch.cuda.is_available():
+        return False
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    return True
+
+
+def check_world_size(training_args) -> None:
+    """Refuses a run whose processes do not form the job the launcher started (e.g. every rank training alone)."""
+    launched = launched_world_size()
+    if launched > 1 and training_args.world_size != launched:
+        raise RuntimeError(
+            f"This process is one of {launched} started by the launcher (WORLD_SIZE={launched}), but training would "
+            f"run with world size {training_args.world_size}: the processes would train independently and overwrite "
+            "each other's output. Launch with `accelerate launch --multi_gpu --num_processes N ...` (GPUs, or CPUs "
+            "with gloo) or `--config_file examples/accelerate_configs/cpu_ddp.yaml`."
+        )

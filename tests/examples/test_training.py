@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
 import pytest
@@ -362,35 +363,61 @@ def test_pretraining_without_a_codebook_is_refused(run_script, synthetic_cache, 
 # --- distributed -------------------------------------------------------------------------------------------------
 
 
-def _launch(arguments: list[str], processes: int, output: Path) -> subprocess.CompletedProcess:
-    launcher = ["-m", "accelerate.commands.launch"]
-    if processes > 1:
-        launcher += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1"]
-    else:
-        launcher += ["--num_processes", "1", "--cpu"]
-    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "examples" / "run_finetune.py")]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+def _launch(launcher: list[str], arguments: list[str], output: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch <launcher> examples/run_finetune.py <arguments>`, as the README types it (no extra
+    environment: on this GPU-less machine the script itself must make the processes one job)."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("ACCELERATE_")}
     return subprocess.run(
-        [sys.executable, *launcher, *arguments, "--output_dir", str(output)],
-        capture_output=True, text=True, env=environment, timeout=600, cwd=REPO,
+        [sys.executable, "-m", "accelerate.commands.launch", *launcher, "examples/run_finetune.py", *arguments,
+         "--output_dir", str(output)],
+        capture_output=True, text=True, env={**environment, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=REPO,
     )  # fmt: skip
+
+
+ONE_PROCESS = ["--config_file", "examples/accelerate_configs/cpu.yaml"]
+CPU_DDP = ["--config_file", "examples/accelerate_configs/cpu_ddp.yaml"]
+MULTI_GPU_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no"]  # fmt: skip
+
+
+def _rank_checksums(completed: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    return re.findall(r"\[rank (\d)\] parameter checksum: (\S+)", completed.stdout + completed.stderr)
 
 
 def test_two_process_ddp_matches_one_process(word_dataset, tmp_path):
     common = ["--task", "dataset", "--dataset_path", str(word_dataset), *TINY, *NO_DROPOUT, "--num_train_epochs", "2"]
     common = [a if a != "8" else "4" for a in common]  # 4 per process
-    two = _launch([*common, "--train_sampling_strategy", "sequential"], 2, tmp_path / "ddp")
+    two = _launch(CPU_DDP, [*common, "--train_sampling_strategy", "sequential"], tmp_path / "ddp")
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    checksums = re.findall(r"\[rank (\d)\] parameter checksum: (\S+)", two.stdout + two.stderr)
+    checksums = _rank_checksums(two)
     assert sorted(rank for rank, _ in checksums) == ["0", "1"]
     assert checksums[0][1] == checksums[1][1]  # both ranks hold identical parameters
     single = [a if a != "4" else "8" for a in common]
-    one = _launch([*single, "--train_sampling_strategy", "sequential"], 1, tmp_path / "single")
+    one = _launch(ONE_PROCESS, [*single, "--train_sampling_strategy", "sequential"], tmp_path / "single")
     assert one.returncode == 0, one.stderr[-3000:]
-    ddp_metrics = read_json(tmp_path / "ddp" / "results.json")["aggregate"]
+    ddp_results = read_json(tmp_path / "ddp" / "results.json")
+    assert ddp_results["protocol"]["training"]["world_size"] == 2
     single_metrics = read_json(tmp_path / "single" / "results.json")["aggregate"]
-    assert ddp_metrics["wa"]["mean"] == pytest.approx(single_metrics["wa"]["mean"], abs=1e-6)
-    assert read_json(tmp_path / "ddp" / "results.json")["folds"][0]["data"]["test"]["rows"] == 40  # no duplicates
+    assert ddp_results["aggregate"]["wa"]["mean"] == pytest.approx(single_metrics["wa"]["mean"], abs=1e-6)
+    assert ddp_results["folds"][0]["data"]["test"]["rows"] == 40  # no duplicates
+
+
+def test_the_documented_multi_gpu_flags_make_one_ddp_job_on_cpu(word_dataset, tmp_path):
+    arguments = ["--task", "dataset", "--dataset_path", str(word_dataset), *TINY, "--max_steps", "2"]
+    completed = _launch(MULTI_GPU_FLAGS, arguments, tmp_path / "ddp")
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    checksums = _rank_checksums(completed)
+    assert sorted(rank for rank, _ in checksums) == ["0", "1"] and checksums[0][1] == checksums[1][1]
+    assert read_json(tmp_path / "ddp" / "results.json")["protocol"]["training"]["world_size"] == 2
+
+
+def test_processes_that_would_train_alone_are_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="one of 2 started by the launcher.*world size 1"):
+        cpu.check_world_size(SimpleNamespace(world_size=1))
+    cpu.check_world_size(SimpleNamespace(world_size=2))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    cpu.check_world_size(SimpleNamespace(world_size=1))
 
 
 def test_accelerate_configs_are_valid():
