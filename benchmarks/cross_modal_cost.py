@@ -6,28 +6,21 @@ target allows 10 percentage points more. Forward and train step are measured in 
 towers-only alternate) and the median per-round ratio is reported.
 
 On CPU the measurement runs twice, each in a fresh process: with glibc malloc's adaptive defaults and with the
-allocator setting the training scripts apply (`cmt_training.tune_cpu_allocator`). With the defaults, CMT's larger
+allocator setting the training scripts apply (`cmt_training.cpu.tune_cpu_allocator`). With the defaults, CMT's larger
 working set pushes its ~12 MiB activation buffers out to fresh mmaps that are page-faulted back at every use, which
 makes the same elementwise ops several times slower in CMT than in the towers-only model.
 """
 
 from cmt_training.cpu import tune_cpu_allocator
+from cmt_training.data import SAMPLING_RATE
 
-from .common import (
-    SAMPLING_RATE,
-    Result,
-    Settings,
-    build_classifier,
-    count_flops,
-    forward_function,
-    interleaved,
-    median,
-    random_batch,
-    ratio_per_round,
-    run_isolated,
-    top_operators,
-    train_step_function,
-)
+from .flops import count_flops
+from .isolation import run_isolated
+from .models import build_classifier, forward_function, random_batch, train_step_function
+from .profiles import top_operators
+from .reporting import Result
+from .settings import Settings
+from .timing import interleaved, median, ratio_per_round
 
 
 NAME = "cross_modal_cost"

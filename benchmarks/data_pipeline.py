@@ -27,24 +27,14 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from cmt_training.arguments import CMTTrainingArguments, ModelArguments
 from cmt_training.build import build_processor
-from cmt_training.data import AudioTextCollator, prepare_split
+from cmt_training.data import SAMPLING_RATE, AudioTextCollator, prepare_split
 
-from .common import (
-    SAMPLING_RATE,
-    Result,
-    Settings,
-    audio_frames,
-    build_classifier,
-    datasets_caching_disabled,
-    iemocap_like_seconds,
-    interleaved,
-    length_matched_corpus,
-    median,
-    preset_config,
-    synthetic_corpus,
-    train_step_function,
-)
+from .corpora import datasets_caching_disabled, iemocap_like_seconds, length_matched_corpus, synthetic_corpus
 from .finetune_throughput import decoded_on_the_fly
+from .models import audio_frames, build_classifier, preset_config, train_step_function
+from .reporting import Result
+from .settings import Settings
+from .timing import interleaved, median
 
 
 NAME = "data_pipeline"

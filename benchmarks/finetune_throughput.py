@@ -28,20 +28,14 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from cmt_training.arguments import ModelArguments
 from cmt_training.build import build_model, build_processor
-from cmt_training.data import AudioTextCollator, prepare_split
+from cmt_training.data import SAMPLING_RATE, AudioTextCollator, prepare_split
 from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTForSequenceClassification
 
-from .common import (
-    SAMPLING_RATE,
-    Result,
-    Settings,
-    benchmark_training_arguments,
-    datasets_caching_disabled,
-    iemocap_like_seconds,
-    length_matched_corpus,
-    synthetic_corpus,
-)
+from .corpora import datasets_caching_disabled, iemocap_like_seconds, length_matched_corpus, synthetic_corpus
+from .models import benchmark_training_arguments
+from .reporting import Result
+from .settings import Settings
 
 
 NAME = "finetune_throughput"

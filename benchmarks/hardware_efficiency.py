@@ -10,24 +10,14 @@ convolutional feature encoder, AdamW, dropout / layer drop / SpecAugment as the 
 
 import torch
 
-from .common import (
-    SAMPLING_RATE,
-    Result,
-    Settings,
-    attention_flops,
-    audio_frames,
-    build_classifier,
-    count_flops,
-    forward_function,
-    gemm_rate,
-    matmul_rate,
-    median,
-    peak_matmul_size,
-    random_batch,
-    timed,
-    top_operators,
-    train_step_function,
-)
+from cmt_training.data import SAMPLING_RATE
+
+from .flops import attention_flops, count_flops
+from .models import audio_frames, build_classifier, forward_function, random_batch, train_step_function
+from .profiles import top_operators
+from .reporting import Result
+from .settings import Settings
+from .timing import gemm_rate, matmul_rate, median, peak_matmul_size, timed
 
 
 NAME = "hardware_efficiency"

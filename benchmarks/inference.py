@@ -15,20 +15,15 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor, pipeline
 
 from cmt_training.build import build_bpe_tokenizer
+from cmt_training.data import SAMPLING_RATE
 from modeling_cmt import CMTProcessor
 
-from .common import (
-    SAMPLING_RATE,
-    Result,
-    Settings,
-    build_classifier,
-    interleaved,
-    median,
-    ratio_per_round,
-    synthetic_corpus,
-    timed,
-    top_operators,
-)
+from .corpora import synthetic_corpus
+from .models import build_classifier
+from .profiles import top_operators
+from .reporting import Result
+from .settings import Settings
+from .timing import interleaved, median, ratio_per_round, timed
 
 
 NAME = "inference"

@@ -9,7 +9,12 @@ sizes give the memory per utterance (the slope) and the fixed part; the largest 
 
 import numpy as np
 
-from .common import GIB, SAMPLING_RATE, Result, Settings, measure_train_step, run_isolated
+from cmt_training.data import SAMPLING_RATE
+
+from .isolation import run_isolated
+from .models import measure_train_step
+from .reporting import GIB, Result
+from .settings import Settings
 
 
 NAME = "memory"

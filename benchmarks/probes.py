@@ -8,25 +8,20 @@ Each prints its numbers and writes `results/probe_<name>.json` (`results/h100/..
 """
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from cmt_training.data import SAMPLING_RATE
+from cmt_training.results import write_json
 from modeling_cmt.modeling_cmt import fft_grouped_conv1d
 
-from .common import (
-    RESULTS_DIR,
-    Runtime,
-    build_classifier,
-    count_flops,
-    forward_function,
-    machine_info,
-    matmul_rate,
-    random_batch,
-    train_step_function,
-)
+from .flops import count_flops
+from .models import build_classifier, forward_function, random_batch, train_step_function
+from .reporting import machine_info
+from .settings import RESULTS_DIR, Runtime
+from .timing import matmul_rate, peak_matmul_size
 
 
 def mean_seconds(function, runtime: Runtime, calls: int, warmup: int = 2) -> float:
@@ -84,7 +79,7 @@ def positional_conv(runtime: Runtime, preset: str) -> dict:
         result[f"model_{name}_forward_ms"] = 1e3 * mean_seconds(forward_function(model, data, runtime), runtime, calls)
         step = train_step_function(model, data, runtime)
         result[f"model_{name}_train_step_ms"] = 1e3 * mean_seconds(step, runtime, calls)
-    result["model_batch_seconds"] = [samples / 16000 for samples in mixed_lengths(runtime)]
+    result["model_batch_seconds"] = [samples / SAMPLING_RATE for samples in mixed_lengths(runtime)]
     return result
 
 
@@ -110,7 +105,7 @@ def cross_stack(runtime: Runtime, preset: str) -> dict:
     step = train_step_function(model, data, runtime)
     flops = count_flops(step)[0]
     seconds = mean_seconds(step, runtime, calls=3)
-    peak = matmul_rate(runtime, 2048 if not runtime.is_cuda else 8192)
+    peak = matmul_rate(runtime, peak_matmul_size(runtime))
     return {"train_step_flops": flops, "train_step_seconds": seconds, "share_of_matmul_peak": flops / seconds / peak}
 
 
@@ -162,9 +157,7 @@ def main(argv=None):
         "result": result,
         "machine": machine_info(runtime),
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / f"probe_{args.name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    path = write_json(args.output_dir / f"probe_{args.name}.json", payload)
     for key, value in result.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     print(f"-> {path}")

@@ -21,17 +21,9 @@ import torch
 from cmt_training.cpu import tune_cpu_allocator
 
 from . import BENCHMARKS
-from .common import (
-    DEFAULT_CACHE_DIR,
-    RESULTS_DIR,
-    Result,
-    Row,
-    Settings,
-    machine_info,
-    markdown_table,
-    run_isolated,
-    write_result,
-)
+from .isolation import run_isolated
+from .reporting import Result, Row, machine_info, markdown_table, write_result
+from .settings import DEFAULT_CACHE_DIR, RESULTS_DIR, Settings
 
 
 def parse_settings(argv: list[str] | None) -> tuple[Settings, list[str]]:

@@ -10,7 +10,12 @@ over to GPUs, where time follows FLOPs more closely than on CPU once the batch f
 
 import numpy as np
 
-from .common import GIB, SAMPLING_RATE, Result, Settings, measure_train_step, run_isolated
+from cmt_training.data import SAMPLING_RATE
+
+from .isolation import run_isolated
+from .models import measure_train_step
+from .reporting import GIB, Result
+from .settings import Settings
 
 
 NAME = "scaling"

@@ -1,5 +1,5 @@
-"""4. Frozen-tower caching (`cmt_training/tower_cache.py`): epochs per second when the cross-modal stack trains from cached
-tower outputs, against recomputing the frozen towers at every step.
+"""4. Frozen-tower caching (`cmt_training.tower_cache`): epochs per second when the cross-modal stack trains from
+cached tower outputs, against recomputing the frozen towers at every step.
 
 Three frozen-tower jobs, each through `CMTTrainer` on the same utterances and batches:
 - fine-tuning CMT-4 with frozen towers (`--freeze_towers`): cross-modal layers and head train;
@@ -26,14 +26,12 @@ from cmt_training.data import AudioTextCollator, PretrainingCollator, prepare_sp
 from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
 
-from .common import (
-    Result,
-    Settings,
-    benchmark_training_arguments,
-    count_flops,
-    median,
-    synthetic_corpus,
-)
+from .corpora import synthetic_corpus
+from .flops import count_flops
+from .models import benchmark_training_arguments
+from .reporting import Result
+from .settings import Settings
+from .timing import median
 
 
 NAME = "tower_cache"
@@ -51,11 +49,6 @@ class EpochClock(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.epochs.append(time.perf_counter() - self._start)
-
-
-def import_tower_cache():
-
-    return tower_cache
 
 
 def train_epochs(settings, model, dataset, collator, epochs: int, batch_size: int) -> list[float]:
@@ -106,7 +99,6 @@ def build_models(settings, processor, job: str, reference=None):
 
 
 def run(settings: Settings) -> Result:
-    tower_cache = import_tower_cache()
     import hub_datasets
 
     count, batch_size = settings.pick((48, 8), (8, 4))
