@@ -122,7 +122,17 @@ class CMTTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Learning rate of the cross-modal layers (default: --learning_rate)."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Write into an output directory that already holds results."}
+        default=False,
+        metadata={"help": "Start afresh in an output directory that holds results: earlier checkpoints are removed."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue an interrupted run: `true` / `auto` (or the flag alone) = its last complete checkpoint "
+            "in --output_dir (each fold its own), or a checkpoint folder (single-fold runs).",
+            "nargs": "?",
+            "const": "true",
+        },
     )
     cpu_allocator_tuning: bool = field(
         default=True,

@@ -1,10 +1,13 @@
 """`CMTTrainer` (per-part learning rates, separately logged loss terms, a stop on NaN/Inf loss, no half-written
 checkpoints) and the checkpoint bookkeeping around it: output folders, resuming, rank checksums."""
 
+import enum
 import errno
+import json
 import logging
 import os
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -16,6 +19,21 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"  # the last file Trainer writes into a checkpoint folder
 LOSS_TERMS = ("task_loss", "ortho_loss", "unit_loss", "mlm_loss", "matching_loss")
+# What a run was started with, in its output folder: a resumed run must have been started with the same.
+RUN_ARGUMENTS_NAME = "run_arguments.json"
+# Fields that say where and how a run reports or loads data, not what it trains: they may change on resume.
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_dir", "logging_steps",
+        "logging_first_step", "logging_strategy", "disable_tqdm", "log_level", "log_level_replica", "report_to",
+        "run_name", "push_to_hub", "hub_model_id", "hub_token", "hub_strategy", "hub_private_repo",
+        "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+        "dataloader_prefetch_factor", "preprocessing_num_workers", "cache_dir", "save_total_limit", "local_rank",
+    }
+)  # fmt: skip
+# What earlier runs leave in an output folder; --overwrite_output_dir removes these before training.
+RUN_OUTPUTS = ("results.json", RUN_ARGUMENTS_NAME, "model.safetensors", "config.json")
+RUN_OUTPUT_FOLDERS = (PREFIX_CHECKPOINT_DIR, "fold_", "stage")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -125,34 +143,103 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
 
 
+RESUME_NONE = (None, False, "", "false", "False")
+RESUME_LAST = (True, "true", "True", "auto")
+
+
 def resolve_resume_checkpoint(resume_from_checkpoint, output_dir: str | os.PathLike) -> str | None:
     """`--resume_from_checkpoint` as `Trainer.train` takes it: `true` / `auto` = the last complete checkpoint in
     `output_dir` (None when there is none yet), a path as given, and nothing (or `false`) = start afresh."""
-    if resume_from_checkpoint in (None, False, "", "false", "False"):
+    if resume_from_checkpoint in RESUME_NONE:
         return None
-    if resume_from_checkpoint in (True, "true", "True", "auto"):
+    if resume_from_checkpoint in RESUME_LAST:
         return last_complete_checkpoint(output_dir)
     return str(resume_from_checkpoint)
 
 
+def check_resume_per_fold(resume_from_checkpoint, folds: list) -> None:
+    """A run over several folds resumes each fold from its own checkpoints: one named checkpoint cannot serve them
+    all (every fold would continue from one fold's model, leaking its validation data)."""
+    if len(folds) > 1 and resume_from_checkpoint not in RESUME_NONE + RESUME_LAST:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} names one checkpoint, but this run trains "
+            f"{len(folds)} folds: pass --resume_from_checkpoint true so that each fold resumes from its own last "
+            "checkpoint (or run that fold alone with --test_fold)."
+        )
+
+
 def check_output_dir(args):
-    """Refuse to write into a folder holding earlier results, unless told to overwrite or to resume."""
+    """Refuse to write into a folder holding earlier results unless told to resume or to overwrite; overwriting
+    first removes (and names) what earlier runs left there, so no old checkpoint can be resumed by mistake."""
     output_dir = Path(args.output_dir)
     if not output_dir.is_dir() or getattr(args, "resume_from_checkpoint", None):
         return
     existing = sorted(
-        path.name
-        for path in output_dir.iterdir()
-        if path.name.startswith((PREFIX_CHECKPOINT_DIR, "fold_", "stage"))
-        or path.name in ("results.json", "model.safetensors", "config.json")
+        path for path in output_dir.iterdir() if path.name.startswith(RUN_OUTPUT_FOLDERS) or path.name in RUN_OUTPUTS
     )
     if existing and not args.overwrite_output_dir:
         raise ValueError(
-            f"Output directory {output_dir} already holds results ({', '.join(existing[:5])}). Pass "
-            "--overwrite_output_dir to write over them, --resume_from_checkpoint to continue, or another --output_dir."
+            f"Output directory {output_dir} already holds results ({', '.join(path.name for path in existing[:5])}). "
+            "Pass --overwrite_output_dir to replace them, --resume_from_checkpoint to continue, or another --output_dir."
         )
-    if existing:
-        logger.warning(f"--overwrite_output_dir: files in {output_dir} may be replaced: {', '.join(existing)}.")
+    if existing and getattr(args, "process_index", 0) == 0:
+        logger.warning(
+            f"--overwrite_output_dir: removing what earlier runs left in {output_dir}: "
+            f"{', '.join(path.name for path in existing)}."
+        )
+        for path in existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _plain(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(inner) for inner in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(inner) for key, inner in value.items()}
+    return str(value)
+
+
+def run_arguments(*groups) -> dict:
+    """What defines a run's training, from its argument dataclasses (bookkeeping fields left out)."""
+    return {
+        type(group).__name__: {
+            field.name: _plain(getattr(group, field.name))
+            for field in fields(group)
+            if field.init and field.name not in BOOKKEEPING_FIELDS
+        }
+        for group in groups
+    }
+
+
+def write_run_arguments(output_dir: str | os.PathLike, arguments: dict) -> None:
+    path = Path(output_dir) / RUN_ARGUMENTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(arguments, indent=2, sort_keys=True) + "\n")
+
+
+def check_resume_arguments(checkpoint: str | os.PathLike, arguments: dict) -> None:
+    """Refuses to resume `checkpoint` with arguments other than those its run was started with (naming each
+    difference): the resumed model would be trained with the old ones and reported with the new ones."""
+    path = Path(checkpoint).parent / RUN_ARGUMENTS_NAME
+    if not path.is_file():
+        logger.warning(f"{checkpoint} has no {RUN_ARGUMENTS_NAME} beside it: cannot check that it was trained alike.")
+        return
+    started_with = json.loads(path.read_text())
+    differences = [
+        f"--{name} {started_with[group].get(name)!r} -> {value!r}"
+        for group, values in arguments.items()
+        for name, value in values.items()
+        if group in started_with and started_with[group].get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"Cannot resume {checkpoint}: its run was started with other arguments ({'; '.join(differences)}). "
+            "Resume with the original arguments, or start afresh with --overwrite_output_dir or another --output_dir."
+        )
 
 
 def parameter_checksum(model: torch.nn.Module) -> float:

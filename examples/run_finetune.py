@@ -41,7 +41,16 @@ from cmt_training.model_card import push_or_explain, write_model_card
 from cmt_training.results import aggregate, command_line, environment_card, write_json
 from cmt_training.tasks import get_task, resolve_folds
 from cmt_training.tower_cache import TowerOutputCollator, build_tower_cache, tower_cache_fingerprint
-from cmt_training.trainer import CMTTrainer, check_output_dir, parameter_checksum, resolve_resume_checkpoint
+from cmt_training.trainer import (
+    CMTTrainer,
+    check_output_dir,
+    check_resume_arguments,
+    check_resume_per_fold,
+    parameter_checksum,
+    resolve_resume_checkpoint,
+    run_arguments,
+    write_run_arguments,
+)
 from modeling_cmt import CMTForSequenceClassification
 
 
@@ -116,8 +125,14 @@ def train_and_test_fold(
         processing_class=processor,
     )
 
-    # Training
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir))
+    # Training (a resumed run continues only with the arguments it was started with)
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir)
+    arguments = run_arguments(model_args, data_args, cache_args, training_args)
+    if resume:
+        check_resume_arguments(resume, arguments)
+    elif trainer.is_world_process_zero():
+        write_run_arguments(output_dir, arguments)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))
     checksum = parameter_checksum(trainer.model)
     logger.warning(f"[rank {training_args.process_index}] parameter checksum: {checksum:.12e}")
@@ -177,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Protocol
     task = get_task(data_args)
     folds = resolve_folds(task, data_args.test_fold)
+    check_resume_per_fold(training_args.resume_from_checkpoint, folds)
     check_output_dir(training_args)
     if training_args.metric_for_best_model == "task":
         training_args.metric_for_best_model = task.best_metric

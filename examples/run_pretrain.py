@@ -42,7 +42,15 @@ from cmt_training.data import PretrainingCollator, prepare_split
 from cmt_training.logging_utils import setup_logging
 from cmt_training.results import command_line, environment_card, write_json
 from cmt_training.tasks import load_pretraining_corpus
-from cmt_training.trainer import CMTTrainer, check_output_dir, parameter_checksum, resolve_resume_checkpoint
+from cmt_training.trainer import (
+    CMTTrainer,
+    check_output_dir,
+    check_resume_arguments,
+    parameter_checksum,
+    resolve_resume_checkpoint,
+    run_arguments,
+    write_run_arguments,
+)
 from modeling_cmt import CMTForPreTraining
 
 
@@ -111,9 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
             data_collator=collator,
             processing_class=processor,
         )
-        trainer.train(
-            resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, stage_dir)
-        )
+        resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, stage_dir)
+        arguments = run_arguments(model_args, data_args, pretraining_args, training_args)
+        if resume:
+            check_resume_arguments(resume, arguments)
+        elif trainer.is_world_process_zero():
+            write_run_arguments(stage_dir, arguments)
+        trainer.train(resume_from_checkpoint=resume)
         trainer.save_model(str(stage_dir))
         history[f"stage{stage}"] = trainer.state.log_history
 

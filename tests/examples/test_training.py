@@ -265,6 +265,35 @@ def test_killed_and_resumed_run_reaches_the_same_weights(run_script, word_datase
     )
 
 
+def test_a_multi_fold_run_resumes_each_fold_from_its_own_checkpoints(run_script, synthetic_cache, tmp_path):
+    output = tmp_path / "run"
+    arguments = [*synthetic(synthetic_cache, "--test_fold", "1,2"), *TINY, "--max_steps", "2", "--output_dir", output]
+    run_script("run_finetune", *arguments)
+    with pytest.raises(ValueError, match="names one checkpoint, but this run trains 2 folds.*true"):
+        run_script("run_finetune", *arguments, "--resume_from_checkpoint", output / "fold_1" / "checkpoint-2")
+    run_script("run_finetune", *arguments, "--resume_from_checkpoint")  # the flag alone = the last checkpoints
+    for fold in (1, 2):
+        best = read_json(output / f"fold_{fold}" / "results.json")["validation"]["best_checkpoint"]
+        assert Path(best).parent == output / f"fold_{fold}", best
+
+
+def test_overwrite_removes_old_checkpoints_and_resume_refuses_other_arguments(
+    run_script, word_dataset, tmp_path, caplog
+):
+    output = tmp_path / "run"
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--output_dir", output]
+    run_script("run_finetune", *arguments, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1",
+               "--eval_strategy", "steps", "--eval_steps", "1", "--save_total_limit", "5")  # fmt: skip
+    assert (output / "checkpoint-3").is_dir()
+    run_script("run_finetune", *arguments, "--max_steps", "1", "--overwrite_output_dir", "true")
+    assert "removing what earlier runs left" in caplog.text and "checkpoint-3" in caplog.text
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-1"]
+    with pytest.raises(ValueError, match=r"Cannot resume .*checkpoint-1.*--learning_rate 0\.003 -> 0\.001"):
+        run_script("run_finetune", *arguments, "--max_steps", "1", "--resume_from_checkpoint", "true",
+                   "--learning_rate", "1e-3")  # fmt: skip
+    run_script("run_finetune", *arguments, "--max_steps", "1", "--resume_from_checkpoint", "true")
+
+
 def test_push_to_hub_offline_writes_the_folder_and_explains(run_script, word_dataset, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     output = tmp_path / "run"
