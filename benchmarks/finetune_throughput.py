@@ -33,7 +33,7 @@ from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTForSequenceClassification
 
 from .corpora import datasets_caching_disabled, iemocap_like_seconds, length_matched_corpus, synthetic_corpus
-from .models import benchmark_training_arguments
+from .models import benchmark_training_arguments, warm_up
 from .reporting import Result
 from .settings import Settings
 
@@ -136,16 +136,6 @@ def train_throughput(settings: Settings, setup: str, dataset, processor, steps: 
         "padding_fraction": 1 - real / padded,
         "trainable_parameters": trainable,
     }
-
-
-def warm_up(trainer, collator, rows: list[dict], runtime):
-    """One forward/backward outside the timed steps (kernel selection, allocator, thread pools)."""
-    model = trainer.model
-    model.train()
-    batch = {key: value.to(trainer.args.device) for key, value in collator(rows).items()}
-    with runtime.autocast():
-        model(**batch).loss.backward()
-    model.zero_grad(set_to_none=True)
 
 
 def corpora(settings: Settings):

@@ -1,5 +1,5 @@
 """What the benchmarks measure: random-weight classifiers of a preset, inputs of known size, the forward and train
-step functions that are timed and counted, and the Trainer arguments of the timed Trainer runs."""
+step functions that are timed and counted, and the arguments and warm-up of the timed Trainer runs."""
 
 from collections.abc import Callable
 from typing import Any
@@ -177,3 +177,14 @@ def benchmark_training_arguments(output_dir: str, runtime: Runtime, batch_size: 
         bf16=runtime.is_cuda and runtime.dtype == torch.bfloat16,
         **overrides,
     )
+
+
+def warm_up(trainer, collator, rows: list[dict], runtime: Runtime):
+    """One forward/backward of the Trainer's model on `rows`, outside the timed steps (kernel selection, allocator,
+    thread pools)."""
+    model = trainer.model
+    model.train()
+    batch = {key: value.to(trainer.args.device) for key, value in collator(rows).items()}
+    with runtime.autocast():
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
 
 from .corpora import synthetic_corpus
 from .flops import count_flops
-from .models import benchmark_training_arguments
+from .models import benchmark_training_arguments, warm_up
 from .reporting import Result
 from .settings import Settings
 from .timing import median
@@ -59,11 +59,7 @@ def train_epochs(settings, model, dataset, collator, epochs: int, batch_size: in
         args = benchmark_training_arguments(output_dir, runtime, batch_size, num_train_epochs=epochs)
         trainer = CMTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
         trainer.remove_callback(PrinterCallback)
-        batch = step_batch(collator, dataset, range(min(2, len(dataset))), trainer.args.device)
-        model.train()
-        with runtime.autocast():
-            model(**batch).loss.backward()
-        model.zero_grad(set_to_none=True)
+        warm_up(trainer, collator, [dataset[index] for index in range(min(2, len(dataset)))], runtime)
         trainer.train()
     return clock.epochs
 
