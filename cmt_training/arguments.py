@@ -89,6 +89,12 @@ class DataArguments:
     synthetic_size: int = field(default=2000, metadata={"help": "Utterances in the synthetic corpus."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for decoding."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where prepared corpora are cached."})
+    rebuild_dataset: bool = field(
+        default=False,
+        metadata={
+            "help": "Prepare the corpus again instead of reading its cache (a changed corpus is rebuilt anyway)."
+        },
+    )
     audio_column: str = field(default="audio", metadata={"help": "Audio column of an audio_text_pairs dataset."})
     text_column: str = field(default="text", metadata={"help": "Transcript column of an audio_text_pairs dataset."})
     streaming: bool = field(default=False, metadata={"help": "Stream an audio_text_pairs corpus (needs --max_steps)."})

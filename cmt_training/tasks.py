@@ -68,6 +68,14 @@ def fixed_splits(corpus: DatasetDict, held_out: int | None = None) -> DatasetDic
     return DatasetDict({name: corpus[name] for name in ("train", "validation", "test")})
 
 
+def corpus_options(data_args) -> dict:
+    """What every corpus loader takes from the data arguments: the cache folder, and whether to rebuild."""
+    return {
+        "cache_dir": data_args.cache_dir,
+        "download_mode": "force_redownload" if getattr(data_args, "rebuild_dataset", False) else None,
+    }
+
+
 def _needs_data_dir(corpus: str, data_args) -> str:
     if not data_args.data_dir:
         raise ValueError(f"Task on {corpus} needs --data_dir pointing at your local copy of the corpus.")
@@ -81,7 +89,7 @@ register_task(Task(
     name="synthetic_emotion", corpus="synthetic_emotion", label_column="label", problem="classification",
     description="embedded espeak-ng corpus, 4 classes, leave-one-session-out (2 voices per session)",
     load=lambda args: hub_datasets.load_synthetic_emotion(
-        "emotion", num_utterances=args.synthetic_size, cache_dir=args.cache_dir
+        "emotion", num_utterances=args.synthetic_size, **corpus_options(args)
     ),
     fold=lambda corpus, session: hub_datasets.synthetic_emotion_loso_fold(corpus, test_session=session),
     folds=SESSIONS, split=LOSO,
@@ -90,21 +98,21 @@ register_task(Task(
     name="synthetic_sentiment", corpus="synthetic_emotion", label_column="sentiment", problem="regression",
     description="embedded espeak-ng corpus, sentiment score in [-3, 3], speaker-disjoint train/validation/test",
     load=lambda args: hub_datasets.load_synthetic_emotion(
-        "sentiment", num_utterances=args.synthetic_size, cache_dir=args.cache_dir
+        "sentiment", num_utterances=args.synthetic_size, **corpus_options(args)
     ),
     fold=fixed_splits, best_metric="mae", greater_is_better=False,
 ))  # fmt: skip
 register_task(Task(
     name="iemocap", corpus="iemocap", label_column="label", problem="classification",
     description="IEMOCAP 4 classes (hap+exc merged), leave-one-session-out, validation = the next session",
-    load=lambda args: hub_datasets.load_iemocap(_needs_data_dir("iemocap", args), "4class", cache_dir=args.cache_dir),
+    load=lambda args: hub_datasets.load_iemocap(_needs_data_dir("iemocap", args), "4class", **corpus_options(args)),
     fold=lambda corpus, session: hub_datasets.iemocap_loso_fold(corpus, test_session=session),
     folds=SESSIONS, split=LOSO,
 ))  # fmt: skip
 register_task(Task(
     name="mosei", corpus="cmu_mosei", label_column="sentiment", problem="regression",
     description="CMU-MOSEI sentiment regression in [-3, 3], standard folds",
-    load=lambda args: hub_datasets.load_cmu_mosei(_needs_data_dir("cmu_mosei", args), cache_dir=args.cache_dir),
+    load=lambda args: hub_datasets.load_cmu_mosei(_needs_data_dir("cmu_mosei", args), **corpus_options(args)),
     fold=fixed_splits, best_metric="mae", greater_is_better=False,
 ))  # fmt: skip
 
@@ -191,7 +199,7 @@ def load_pretraining_corpus(data_args) -> Dataset:
             text_column=data_args.text_column,
             split="train",
             streaming=data_args.streaming,
-            cache_dir=data_args.cache_dir,
+            **corpus_options(data_args),
         )
     task = get_task(data_args)
     folds = resolve_folds(task, data_args.test_fold)

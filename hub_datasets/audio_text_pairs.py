@@ -35,7 +35,7 @@ from datasets import (
     Value,
 )
 
-from ._utils import BuildReport, LoadedDataset, load_builder, read_wav_info
+from ._utils import BuildReport, LoadedDataset, load_builder, read_wav_info, source_fingerprint
 
 
 _DESCRIPTION = """\
@@ -55,10 +55,14 @@ class AudioTextPairsConfig(datasets.BuilderConfig):
         strict (`bool`, defaults to `False`):
             Raise on the first missing, truncated or corrupt WAV file or metadata row without text, instead of
             skipping it (skips are logged and counted).
+        source_fingerprint (`str`, *optional*):
+            State of the folder's files (`load_audio_text_pairs` sets it from their sizes and modification times),
+            part of the cache key: a changed folder is prepared again.
     """
 
     text_column: str = "text"
     strict: bool = False
+    source_fingerprint: str | None = None
 
 
 class AudioTextPairs(datasets.GeneratorBasedBuilder):
@@ -200,7 +204,13 @@ def load_audio_text_pairs(
         dataset = source[split] if split is not None and isinstance(source, dict) else source
         return normalize_audio_text_columns(dataset, audio_column, text_column)
     if Path(source).is_dir() and any((Path(source) / name).is_file() for name in METADATA_FILES):
-        builder = AudioTextPairs(data_dir=str(source), text_column=text_column, strict=strict, cache_dir=cache_dir)
+        builder = AudioTextPairs(
+            data_dir=str(source),
+            text_column=text_column,
+            strict=strict,
+            cache_dir=cache_dir,
+            source_fingerprint=source_fingerprint(source),
+        )
         return load_builder(builder, split=split, streaming=streaming, download_mode=download_mode, num_proc=num_proc)
     dataset = datasets.load_dataset(
         str(source),

@@ -30,6 +30,7 @@ from ._utils import (
     locate_corpus_root,
     read_text_lines,
     read_wav_info,
+    source_fingerprint,
 )
 
 
@@ -75,11 +76,15 @@ class CmuMoseiConfig(datasets.BuilderConfig):
         strict (`bool`, defaults to `False`):
             Raise on the first missing or corrupt WAV, unparsable transcript line or unmatched segment instead of
             skipping it (skips are logged and listed in `info.description`).
+        source_fingerprint (`str`, *optional*):
+            State of the release's files (`load_cmu_mosei` sets it from their sizes and modification times), part of
+            the cache key: a changed release is prepared again.
     """
 
     folds_file: str | None = None
     interval_tolerance: float = 0.01
     strict: bool = False
+    source_fingerprint: str | None = None
 
 
 class CmuMosei(datasets.GeneratorBasedBuilder):
@@ -300,5 +305,8 @@ def load_cmu_mosei(
         num_proc (`int`, *optional*):
             Processes used to prepare the Arrow files (videos are shared out between them).
     """
-    builder = CmuMosei(config_name=config, data_dir=str(data_dir), strict=strict, cache_dir=cache_dir)
+    fingerprint = source_fingerprint(data_dir) if Path(data_dir).expanduser().is_dir() else None
+    builder = CmuMosei(
+        config_name=config, data_dir=str(data_dir), strict=strict, cache_dir=cache_dir, source_fingerprint=fingerprint
+    )
     return load_builder(builder, split=split, streaming=streaming, download_mode=download_mode, num_proc=num_proc)

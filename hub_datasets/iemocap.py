@@ -20,7 +20,15 @@ from pathlib import Path
 import datasets
 from datasets import Audio, ClassLabel, DatasetDict, DownloadMode, Features, Value
 
-from ._utils import BuildReport, LoadedDataset, load_builder, locate_corpus_root, read_text_lines, read_wav_info
+from ._utils import (
+    BuildReport,
+    LoadedDataset,
+    load_builder,
+    locate_corpus_root,
+    read_text_lines,
+    read_wav_info,
+    source_fingerprint,
+)
 from .folds import session_fold
 
 
@@ -83,10 +91,14 @@ class IemocapConfig(datasets.BuilderConfig):
         strict (`bool`, defaults to `False`):
             Raise on the first missing or corrupt WAV, unparsable line or utterance without transcript, instead of
             skipping it (skips are logged and listed in `info.description`).
+        source_fingerprint (`str`, *optional*):
+            State of the corpus files (`load_iemocap` sets it from their sizes and modification times), part of the
+            cache key: a changed corpus is prepared again.
     """
 
     categories: dict[str, str] | None = None
     strict: bool = False
+    source_fingerprint: str | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -298,7 +310,10 @@ def load_iemocap(
         num_proc (`int`, *optional*):
             Processes used to prepare the Arrow files.
     """
-    builder = Iemocap(config_name=config, data_dir=str(data_dir), strict=strict, cache_dir=cache_dir)
+    fingerprint = source_fingerprint(data_dir) if Path(data_dir).expanduser().is_dir() else None
+    builder = Iemocap(
+        config_name=config, data_dir=str(data_dir), strict=strict, cache_dir=cache_dir, source_fingerprint=fingerprint
+    )
     return load_builder(builder, split=split, streaming=streaming, download_mode=download_mode, num_proc=num_proc)
 
 

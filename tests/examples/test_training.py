@@ -294,6 +294,21 @@ def test_overwrite_removes_old_checkpoints_and_resume_refuses_other_arguments(
     run_script("run_finetune", *arguments, "--max_steps", "1", "--resume_from_checkpoint", "true")
 
 
+def test_rebuild_dataset_prepares_the_corpus_again(run_script, synthetic_cache, tmp_path, monkeypatch):
+    import hub_datasets
+
+    calls, original = [], hub_datasets.load_synthetic_emotion
+    monkeypatch.setattr(
+        hub_datasets,
+        "load_synthetic_emotion",
+        lambda *args, **kwargs: calls.append(kwargs) or original(*args, **kwargs),
+    )
+    arguments = [*synthetic(synthetic_cache, "--test_fold", "1"), *TINY, "--max_steps", "1"]
+    run_script("run_finetune", *arguments, "--output_dir", tmp_path / "cached")
+    run_script("run_finetune", *arguments, "--rebuild_dataset", "true", "--output_dir", tmp_path / "rebuilt")
+    assert [call["download_mode"] for call in calls] == [None, "force_redownload"]
+
+
 def test_push_to_hub_offline_writes_the_folder_and_explains(run_script, word_dataset, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     output = tmp_path / "run"

@@ -179,3 +179,17 @@ def test_unknown_category_raises_with_file_and_line(iemocap_dir, tmp_path):
 
     with pytest.raises(ValueError, match=f"{evaluation}:{line_number}: unknown category 'bored'"):
         load_iemocap(iemocap_dir, cache_dir=tmp_path / "cache")
+
+
+def test_a_changed_corpus_is_prepared_again_instead_of_read_from_the_stale_cache(iemocap_dir, tmp_path):
+    cache = tmp_path / "cache"
+    before = load_iemocap(iemocap_dir, "4class", cache_dir=cache)["session1"]
+    texts = dict(zip(before["id"], before["text"]))
+    assert texts["Ses01F_impro01_F000"] == "Words of Ses01F_impro01_F000."
+    assert load_iemocap(iemocap_dir, "4class", cache_dir=cache)["session1"].cache_files == before.cache_files
+
+    transcript = iemocap_dir / "Session1" / "dialog" / "transcriptions" / "Ses01F_impro01.txt"
+    transcript.write_text(transcript.read_text().replace("Words of Ses01F_impro01_F000.", "Corrected words."))
+    after = load_iemocap(iemocap_dir, "4class", cache_dir=cache)["session1"]
+    assert dict(zip(after["id"], after["text"]))["Ses01F_impro01_F000"] == "Corrected words."
+    assert after.cache_files != before.cache_files
