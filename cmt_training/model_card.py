@@ -14,6 +14,12 @@ logger = logging.getLogger(__name__)
 # The project's MODEL_CARD.md (a link to it ships with the package).
 TEMPLATE = Path(__file__).resolve().parent / "MODEL_CARD.md"
 RESULTS_HEADING = "**Results of this checkpoint:**"
+# The template's sentence for the architecture card, which has no results; a checkpoint's card has its own.
+ARCHITECTURE_ONLY = re.compile(r"It reports \*\*no measured accuracy of ours\*\*[^\n]*")
+CHECKPOINT_RESULTS = (
+    "This checkpoint's own measured results, with their protocol, are under Evaluation; the paper's numbers "
+    "there are labelled as the paper's."
+)
 
 DATASETS = {
     "synthetic_emotion": ("synthetic-emotion", "Synthetic emotional speech (espeak-ng, embedded in the package)"),
@@ -59,6 +65,7 @@ def render_model_card(summary: dict, model_name: str) -> ModelCard:
         f"Command: `{protocol['command']}`\n\nMetric variants: `{json.dumps(protocol['metric_variants'])}`"
     )
     body = re.sub(re.escape(RESULTS_HEADING) + r".*?(?=\n## )", measured + "\n", body, flags=re.S)
+    body = ARCHITECTURE_ONLY.sub(CHECKPOINT_RESULTS, body)
     data = ModelCardData(
         library_name="transformers",
         license="apache-2.0",

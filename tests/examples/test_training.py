@@ -54,7 +54,9 @@ def test_finetune_learns_a_task_with_a_known_answer(run_script, word_dataset, tm
     assert test["wa"]["mean"] >= 0.9, test["wa"]  # chance is 0.5: the label is the transcript's sentiment word
     model = CMTForSequenceClassification.from_pretrained(output)
     assert model.config.id2label == {0: "negative", 1: "positive"}
-    assert (output / "README.md").read_text().count("model-index") == 1
+    card = (output / "README.md").read_text()
+    assert card.count("model-index") == 1 and "no measured accuracy of ours" not in card
+    assert "This checkpoint's own measured results" in card and f"| wa | {test['wa']['mean']:.4f} |" in card
 
 
 @pytest.mark.parametrize(
@@ -121,8 +123,12 @@ def test_report_renders_the_paper_layout_and_plots(run_script, synthetic_cache, 
     report = tmp_path / "report"
     run_script("report", f"cmt={output}", "--output_dir", report, "--x_key", "train_fraction")
     table = (report / "results.md").read_text()
-    measured = read_json(output / "results.json")["aggregate"]["ua"]["mean"]
+    aggregate = read_json(output / "results.json")["aggregate"]
+    measured = aggregate["ua"]["mean"]
     assert re.search(r"^\| cmt \| .* \| " + re.escape(f"{measured:.3f}") + r" \| 1 \|$", table, re.M)
+    assert "| run | Angry (1-vs-rest acc.) |" in table and "not per-class scores" in table
+    recalls = [f"{aggregate[f'per_class_recall_{name}']['mean']:.3f}" for name in ("angry", "happy", "neutral", "sad")]
+    assert "| run | angry | happy | neutral | sad |" in table and f"| cmt | {' | '.join(recalls)} |" in table
     assert "quoted, not measured here" in table and "| CMT BASE | 0.907 |" in table
     for name in ("bars.png", "learning_curves.png", "ablation.png"):
         image = matplotlib.image.imread(report / name)
