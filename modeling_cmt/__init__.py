@@ -1,8 +1,10 @@
 """CMT: cross-modal pretrained transformer (HuBERT + RoBERTa) for speech emotion recognition and sentiment analysis.
 
 Importing the package registers CMT with the transformers Auto classes, so `AutoModel.from_pretrained(path)` works
-without `trust_remote_code`, and registers the `"audio-text-classification"` pipeline task; checkpoints saved from
-these classes also carry the remote code (pipeline included) for a plain `trust_remote_code=True` load elsewhere.
+without `trust_remote_code`, and registers the `"audio-text-classification"` pipeline task, so
+`pipeline("audio-text-classification", model=path)` runs the installed code. Checkpoints saved from these classes
+also carry the remote code (classification checkpoints: the pipeline too) for a `trust_remote_code=True` load where
+the package is not installed.
 """
 
 from transformers import (
@@ -14,18 +16,21 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_cmt import CMTConfig, list_presets, load_preset
+from .configuration_cmt import SAMPLING_RATE, CMTConfig, list_presets, load_preset, merge_config_values
 from .modeling_cmt import (
+    CMTAudioTowerOutput,
     CMTForPreTraining,
     CMTForSequenceClassification,
     CMTModel,
+    CMTModelOutput,
     CMTPreTrainedModel,
+    CMTTextTowerOutput,
     masked_mean,
     orthogonality_loss,
 )
 from .pipeline_cmt import TASK as PIPELINE_TASK
 from .pipeline_cmt import AudioTextClassificationPipeline
-from .processing_cmt import CMTProcessor
+from .processing_cmt import CMTProcessor, check_waveform
 
 
 __version__ = "0.1.0.dev0"
@@ -48,17 +53,24 @@ PIPELINE_REGISTRY.register_pipeline(
     pt_model=AutoModelForSequenceClassification,
     type="multimodal",
 )
+CMTForSequenceClassification.pipeline_class = AudioTextClassificationPipeline  # its checkpoints carry the pipeline
 
 __all__ = [
+    "SAMPLING_RATE",
     "AudioTextClassificationPipeline",
+    "CMTAudioTowerOutput",
     "CMTConfig",
     "CMTForPreTraining",
     "CMTForSequenceClassification",
     "CMTModel",
+    "CMTModelOutput",
     "CMTPreTrainedModel",
     "CMTProcessor",
+    "CMTTextTowerOutput",
+    "check_waveform",
     "list_presets",
     "load_preset",
     "masked_mean",
+    "merge_config_values",
     "orthogonality_loss",
 ]

@@ -2,7 +2,9 @@
 
 import json
 from pathlib import Path
+from typing import Literal
 
+import torch
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -11,11 +13,10 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-MODALITIES = ("both", "audio", "text")
-CROSS_LAYER_INITS = ("random", "audio_top_layers")
-POOLINGS = ("mean", "layer_pooler")
-POSITIONAL_CONV_IMPLEMENTATIONS = ("auto", "fft", "conv")
+# The wav2vec2-family audio towers are trained on 16 kHz audio; CMTProcessor resamples everything to it.
+SAMPLING_RATE = 16000
 PRESETS_DIR = Path(__file__).parent / "presets"
+TOWER_CONFIGS = ("audio_config", "text_config")
 
 
 @strict
@@ -25,6 +26,9 @@ class CMTConfig(PreTrainedConfig):
     and Sentiment Analysis", Findings of EMNLP 2022): an audio tower (HuBERT by default; any wav2vec2-family encoder),
     a text tower (RoBERTa by default; any encoder-only model) and `num_cross_layers` audio cross-modal transformer
     layers on top of the audio tower whose cross-attention reads the text tower's states.
+
+    The values are checked when the config is built and again when it is saved (`validate_architecture`), so an
+    invalid config can be neither used nor saved; a choice field refuses an unknown value as soon as it is assigned.
 
     Args:
         audio_config (`dict` or `PreTrainedConfig`, *optional*):
@@ -83,24 +87,30 @@ class CMTConfig(PreTrainedConfig):
         unit_mask_length (`int`, *optional*, defaults to 10):
             Length of the masked spans, in frames.
         unit_loss_weight (`float`, *optional*, defaults to 1.0):
-            Weight of the masked acoustic unit prediction loss in pretraining (0 switches it off).
+            Weight of the masked acoustic unit prediction loss in pretraining. 0 switches the loss off, and
+            [`CMTForPreTraining`] then builds no unit head.
         mlm_loss_weight (`float`, *optional*, defaults to 1.0):
-            Weight of the masked language modelling loss on the text tower in pretraining (0 switches it off).
+            Weight of the masked language modelling loss on the text tower in pretraining. 0 switches the loss off
+            and [`CMTForPreTraining`] then builds no MLM head.
         matching_loss_weight (`float`, *optional*, defaults to 0.0):
-            Weight of the audio–text matching loss (paired vs. in-batch shuffled transcript) in pretraining.
+            Weight of the audio–text matching loss (paired vs. in-batch shuffled transcript) in pretraining; the
+            matching head exists only when it is above 0.
         positional_conv_implementation (`str`, *optional*, defaults to `"auto"`):
-            How the audio tower's convolutional positional embedding (a grouped convolution with a 128-frame kernel
-            in hubert-base) is computed: `"fft"` through real FFTs in float32 (same weights and parameter names,
-            same result to float32 rounding; forward + backward 7x faster than cuDNN's grouped-convolution kernels
-            on an H100 in bf16, but 1.1-1.5x slower than oneDNN on CPU: see benchmarks/README.md), `"conv"` (the
-            tower's own `nn.Conv1d`) or `"auto"`: FFT on CUDA devices, the convolution elsewhere.
+            How the audio tower's convolutional positional embedding (a grouped convolution with a long kernel,
+            128 taps in hubert-base) is computed: `"fft"` through real FFTs in float32 (same weights and
+            parameter names, same result to float32 rounding), `"conv"` (the tower's own `nn.Conv1d`), or `"auto"`:
+            FFT on CUDA devices, where grouped convolutions with long kernels are slow, and the convolution
+            elsewhere. A runtime choice that leaves the model's function unchanged; it is saved with the config
+            (as transformers saves `chunk_size_feed_forward`) because `"auto"` is a per-device policy rather than
+            a measurement of one machine, and `from_pretrained(path, positional_conv_implementation=...)`
+            overrides it.
         feature_encoder_chunk_samples (`int`, *optional*, defaults to 160000):
             When the audio tower's convolutional feature encoder needs no gradient (frozen, the fine-tuning default,
             or at inference), it runs over the batch in chunks of at most this many padded samples (160000 = 10 s at
-            16 kHz; at least one item per chunk; 4x that on CUDA devices, whose batches are larger and whose
-            convolutions lose speed on small chunks). Its first layers hold ~20 MB of float32 activations per second
-            of audio for a moment; chunking caps that peak (see benchmarks/README.md, "Memory"). The outputs are
-            the same. `None` runs the whole batch at once.
+            16 kHz; at least one item per chunk; 4x that on CUDA devices, whose larger batches keep convolutions
+            efficient). This bounds the memory its first, widest layers need for a moment, which otherwise grows
+            with the batch. The outputs are the same; `None` runs the whole batch at once. Saved with the config for
+            the same reason as `positional_conv_implementation`.
         tie_word_embeddings (`bool`, *optional*, defaults to `True`):
             Whether the pretraining MLM head's decoder shares the text tower's word embeddings (as RoBERTa's does).
 
@@ -111,7 +121,7 @@ class CMTConfig(PreTrainedConfig):
 
     >>> config = CMTConfig(num_cross_layers=4)  # hubert-base + roberta-base shaped, random weights
     >>> model = CMTModel(config)
-    >>> tiny = CMTConfig.from_preset("tiny")  # presets: tiny, cmt-4, cmt-base, cmt-large
+    >>> tiny = CMTConfig.from_preset("tiny", text_config={"vocab_size": 2000})  # presets: tiny, demo, cmt-4, ...
     ```"""
 
     model_type = "cmt"
@@ -122,7 +132,7 @@ class CMTConfig(PreTrainedConfig):
 
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    modality: str = "both"
+    modality: Literal["both", "audio", "text"] = "both"
     num_cross_layers: int = 4
     cross_num_attention_heads: int | None = None
     cross_intermediate_size: int | None = None
@@ -131,8 +141,8 @@ class CMTConfig(PreTrainedConfig):
     cross_attention_dropout: float = 0.1
     cross_activation_dropout: float = 0.0
     cross_layer_norm_eps: float = 1e-5
-    cross_layer_init: str = "random"
-    pooling: str = "mean"
+    cross_layer_init: Literal["random", "audio_top_layers"] = "random"
+    pooling: Literal["mean", "layer_pooler"] = "mean"
     cross_hidden_state_index: int = -1
     ortho_weight: float = 0.0
     classifier_dropout: float = 0.1
@@ -144,11 +154,18 @@ class CMTConfig(PreTrainedConfig):
     unit_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
     matching_loss_weight: float = 0.0
-    positional_conv_implementation: str = "auto"
+    positional_conv_implementation: Literal["auto", "fft", "conv"] = "auto"
     feature_encoder_chunk_samples: int | None = 160000
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        custom_pipelines = {
+            task: entry
+            for task, entry in (kwargs.pop("custom_pipelines", None) or {}).items()
+            if not _installed_beside_this_config(task, entry)
+        }
+        if custom_pipelines:
+            kwargs["custom_pipelines"] = custom_pipelines
         super().__post_init__(**kwargs)
         if self.cross_num_attention_heads is None:
             self.cross_num_attention_heads = self.audio_config.num_attention_heads
@@ -156,23 +173,27 @@ class CMTConfig(PreTrainedConfig):
             self.cross_intermediate_size = self.audio_config.intermediate_size
         if self.codebook_layer is None:
             self.codebook_layer = self.audio_config.num_hidden_layers // 2
-        self._check_values()
 
-    def _check_values(self):
-        def choice(name, allowed):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
-
-        choice("modality", MODALITIES)
-        choice("cross_layer_init", CROSS_LAYER_INITS)
-        choice("positional_conv_implementation", POSITIONAL_CONV_IMPLEMENTATIONS)
+    def validate_architecture(self):
+        """Part of `@strict`-powered validation (on init and on save): refuses values no CMT model can be built from."""
+        super().validate_architecture()
+        audio_config, text_config = self.audio_config, self.text_config
+        if not (hasattr(audio_config, "conv_kernel") and hasattr(audio_config, "conv_stride")):
+            raise ValueError(
+                f"The audio tower must be a wav2vec2-family encoder with a convolutional front end (hubert, wav2vec2, "
+                f"wavlm, data2vec-audio, ...); got model_type={audio_config.model_type!r}."
+            )
+        if getattr(audio_config, "add_adapter", False):
+            raise ValueError(
+                "Audio towers with adapter layers (`add_adapter=True`) change the frame rate: unsupported."
+            )
+        if getattr(text_config, "is_decoder", False):
+            raise ValueError("The text tower must be an encoder (`text_config.is_decoder` is True).")
         if self.feature_encoder_chunk_samples is not None and self.feature_encoder_chunk_samples < 1:
             raise ValueError(
                 f"`feature_encoder_chunk_samples` must be a positive number of samples or None, got "
                 f"{self.feature_encoder_chunk_samples}."
             )
-        choice("pooling", POOLINGS)
         if self.num_cross_layers < 0:
             raise ValueError(f"`num_cross_layers` must be >= 0, got {self.num_cross_layers}.")
         if self.modality != "both" and self.num_cross_layers > 0:
@@ -187,10 +208,9 @@ class CMTConfig(PreTrainedConfig):
                 f"`cross_hidden_state_index` must be in [{-(self.num_cross_layers + 1)}, {self.num_cross_layers}] "
                 f"for {self.num_cross_layers} cross-modal layers, got {self.cross_hidden_state_index}."
             )
-        audio_hidden = self.audio_config.hidden_size
-        if audio_hidden % self.cross_num_attention_heads != 0:
+        if audio_config.hidden_size % self.cross_num_attention_heads != 0:
             raise ValueError(
-                f"The audio width ({audio_hidden}) must be divisible by `cross_num_attention_heads` "
+                f"The audio width ({audio_config.hidden_size}) must be divisible by `cross_num_attention_heads` "
                 f"({self.cross_num_attention_heads})."
             )
         for name in (
@@ -211,32 +231,81 @@ class CMTConfig(PreTrainedConfig):
                 f"`unit_mask_length` must be >= 1 and `codebook_size` >= 2, got {self.unit_mask_length} and "
                 f"{self.codebook_size}."
             )
-        if not 0 <= self.codebook_layer <= self.audio_config.num_hidden_layers:
+        if not 0 <= self.codebook_layer <= audio_config.num_hidden_layers:
             raise ValueError(
-                f"`codebook_layer` must be in [0, {self.audio_config.num_hidden_layers}] (the audio tower's hidden "
+                f"`codebook_layer` must be in [0, {audio_config.num_hidden_layers}] (the audio tower's hidden "
                 f"states), got {self.codebook_layer}."
             )
-        if not (hasattr(self.audio_config, "conv_kernel") and hasattr(self.audio_config, "conv_stride")):
-            raise ValueError(
-                f"The audio tower must be a wav2vec2-family encoder with a convolutional front end (hubert, wav2vec2, "
-                f"wavlm, data2vec-audio, ...); got model_type={self.audio_config.model_type!r}."
-            )
-        if getattr(self.text_config, "is_decoder", False):
-            raise ValueError("The text tower must be an encoder (`text_config.is_decoder` is True).")
 
     @property
     def hidden_size(self) -> int:
         """Width of the audio cross-modal stack (the audio tower's width)."""
         return self.audio_config.hidden_size
 
+    # --- the audio tower's convolutional front end ----------------------------------------------------------------
+
+    def audio_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
+        """
+        How many frames the audio tower's convolutional front end makes of `num_samples` samples (an `int`, or a
+        tensor of per-item lengths such as `audio_attention_mask.sum(-1)`); 0 for audio shorter than
+        [`min_input_samples`].
+        """
+        frames = num_samples
+        for kernel, stride in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride):
+            frames = (frames - kernel) // stride + 1
+        return frames.clamp(min=0) if isinstance(frames, torch.Tensor) else max(int(frames), 0)
+
+    def min_input_samples(self) -> int:
+        """The shortest audio, in samples, that the audio tower's convolutional front end turns into one frame."""
+        samples = 1
+        for kernel, stride in reversed(list(zip(self.audio_config.conv_kernel, self.audio_config.conv_stride))):
+            samples = (samples - 1) * stride + kernel
+        return samples
+
+    # --- presets ----------------------------------------------------------------------------------------------------
+
     @classmethod
-    def from_preset(cls, name: str, **kwargs) -> "CMTConfig":
+    def from_preset(cls, name: str, **overrides) -> "CMTConfig":
         """
-        Builds the configuration of a named preset (`tiny`, `cmt-4`, `cmt-base`, `cmt-large`; see
-        [`list_presets`]). Keyword arguments override the preset's values.
+        Builds the configuration of a named preset (`tiny`, `demo`, `cmt-4`, `cmt-base`, `cmt-large`; see
+        [`list_presets`]). Keyword arguments override the preset's values; a dict given for `audio_config` or
+        `text_config` overrides single tower values (`text_config={"vocab_size": 2000}`), see
+        [`merge_config_values`].
         """
-        preset = load_preset(name)
-        return cls(**{**preset["config"], **kwargs})
+        return cls(**merge_config_values(load_preset(name)["config"], overrides))
+
+
+def merge_config_values(values: dict, overrides: dict) -> dict:
+    """
+    `CMTConfig` keyword arguments `values` updated with `overrides`: top-level keys are replaced, and a dict override
+    of `audio_config` / `text_config` is merged key by key into the tower's dict (unless it names another
+    `model_type`, which replaces the tower). This is how presets take overrides.
+    """
+    merged = {**values, **overrides}
+    for key in TOWER_CONFIGS:
+        base, override = values.get(key), overrides.get(key)
+        same_tower = isinstance(base, dict) and isinstance(override, dict)
+        if same_tower and override.get("model_type", base.get("model_type")) == base.get("model_type"):
+            merged[key] = {**base, **override}
+    return merged
+
+
+def _installed_beside_this_config(task: str, entry: dict) -> bool:
+    """
+    Whether the pipeline a checkpoint's `custom_pipelines` entry names is registered in this process from the package
+    this config class comes from. transformers' `pipeline()` demands `trust_remote_code` for any task listed in
+    `custom_pipelines`, even one registered in-process; a config loaded by the installed package therefore leaves
+    out the entries its own package provides, and `pipeline()` finds them in its registry. A config loaded as remote
+    code keeps them. Classification checkpoints write the entry again when saved.
+    """
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    registered = PIPELINE_REGISTRY.supported_tasks.get(task)
+    if registered is None:
+        return False
+    impl = registered["impl"]
+    same_package = impl.__module__.rpartition(".")[0] == __name__.rpartition(".")[0]
+    return same_package and impl.__name__ == str(entry.get("impl", "")).rpartition(".")[2]
 
 
 def list_presets() -> list[str]:
@@ -261,4 +330,4 @@ def load_preset(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["CMTConfig", "list_presets", "load_preset"]
+__all__ = ["SAMPLING_RATE", "CMTConfig", "list_presets", "load_preset", "merge_config_values"]

@@ -3,9 +3,12 @@
 Chu et al., "Self-supervised Cross-modal Pretraining for Speech Emotion Recognition and Sentiment Analysis", Findings
 of EMNLP 2022. The towers come from transformers unchanged; this file adds the cross-modal layers (paper eq. 1-5), the
 pooling and fusion (eq. 6), the orthogonality regulariser (eq. 7-8), the layer pooler and the pretraining heads.
+The audio tower's speed patches live in `tower_patches.py`; input values are checked where data enters
+(`CMTProcessor`, the pipeline), so `forward` checks only shapes.
 """
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,24 +17,26 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
-from transformers.models.hubert.modeling_hubert import (
-    HubertFeatureEncoder,
-    HubertPositionalConvEmbedding,
-    eager_attention_forward,
-)
+from transformers.models.hubert.modeling_hubert import eager_attention_forward
 from transformers.models.roberta.modeling_roberta import RobertaLMHead
-from transformers.models.wav2vec2.modeling_wav2vec2 import (
-    Wav2Vec2FeatureEncoder,
-    Wav2Vec2PositionalConvEmbedding,
-    _compute_mask_indices,
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import (
+    OutputRecorder,
+    capture_outputs,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
 )
-from transformers.utils import ModelOutput, logging
 
-from .configuration_cmt import CMTConfig, load_preset
+from .configuration_cmt import CMTConfig, load_preset, merge_config_values
+from .tower_patches import fft_grouped_conv1d, patch_audio_tower  # noqa: F401 (benchmarks/probes.py imports it here)
 
 
 logger = logging.get_logger(__name__)
@@ -40,6 +45,45 @@ logger = logging.get_logger(__name__)
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CMTAudioTowerOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, frames, audio_hidden_size)`):
+        The audio tower's last hidden states: what enters the cross-modal stack.
+    frame_mask (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
+        `True` for real frames, `False` for frames made of padding; `None` when no `audio_attention_mask` was given
+        (every frame is real).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states`):
+        The audio tower's hidden states, as the tower returns them.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions`):
+        The audio tower's attention weights, as the tower returns them.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    frame_mask: torch.BoolTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class CMTTextTowerOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, tokens, text_hidden_size)`):
+        The text tower's last hidden states: what cross-attention reads.
+    attention_mask (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
+        1 for real tokens, 0 for padding: the mask that was given.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states`):
+        The text tower's hidden states, as the tower returns them.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions`):
+        The text tower's attention weights, as the tower returns them.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -57,10 +101,12 @@ class CMTModelOutput(ModelOutput):
     text_first_token_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`, *optional*):
         h_w0: the text tower's last hidden state of the first token (`<s>`).
     audio_frame_mask (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
-        Which audio frames are real (not padding), derived from the sample-level `audio_attention_mask`.
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        Which audio frames are real (not padding), derived from the sample-level `audio_attention_mask`. A boolean
+        tensor, unlike the 0/1 integer masks of the inputs.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states`):
         `num_cross_layers + 1` tensors of shape `(batch_size, frames, audio_hidden_size)`: the audio tower output that
-        enters the cross-modal stack, then the output of each cross-modal layer.
+        enters the cross-modal stack, then the output of each cross-modal layer. With a list of indices as
+        `output_hidden_states` (transformers 5), the others are `None`.
     attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
         Self-attention weights of each cross-modal layer, `(batch_size, heads, frames, frames)`.
     cross_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
@@ -126,12 +172,14 @@ class CMTForPreTrainingOutput(ModelOutput):
         The unit targets used (codebook assignments of the unmasked audio, or the given `unit_labels`).
     mask_time_indices (`torch.BoolTensor` of shape `(batch_size, frames)`, *optional*):
         The frames that were masked in the audio tower's input.
-    mlm_logits (`torch.FloatTensor` of shape `(batch_size, tokens, vocab_size)`, *optional*):
-        Masked language modelling predictions.
+    mlm_logits (`torch.FloatTensor` of shape `(masked_tokens, vocab_size)`, *optional*):
+        Masked language modelling predictions at the masked tokens.
     matching_logits (`torch.FloatTensor` of shape `(batch_size, 2)`, *optional*):
         Audio–text matching scores (index 1 = paired).
     matching_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
         1 where the audio item was paired with its own transcript, 0 where with another item's.
+    hidden_states, attentions, cross_attentions:
+        As in [`CMTModelOutput`], for the (possibly masked and re-paired) inputs the losses were computed on.
     """
 
     loss: torch.FloatTensor | None = None
@@ -144,6 +192,9 @@ class CMTForPreTrainingOutput(ModelOutput):
     mlm_logits: torch.FloatTensor | None = None
     matching_logits: torch.FloatTensor | None = None
     matching_labels: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,14 +219,6 @@ def orthogonality_loss(audio_pooled: torch.Tensor, text_pooled: torch.Tensor, ep
     return cosine.abs().mean()
 
 
-def _min_input_samples(conv_kernel, conv_stride) -> int:
-    """Smallest number of samples for which a convolutional front end produces one frame."""
-    samples = 1
-    for kernel, stride in reversed(list(zip(conv_kernel, conv_stride))):
-        samples = (samples - 1) * stride + kernel
-    return samples
-
-
 def _check_tower_output(name: str, states: torch.Tensor, width: int, mask_name: str, mask: torch.Tensor | None):
     """A precomputed tower output must be `(batch, length, width)`, and its mask `(batch, length)`."""
     if states.dim() != 3 or states.shape[-1] != width:
@@ -184,135 +227,16 @@ def _check_tower_output(name: str, states: torch.Tensor, width: int, mask_name: 
         raise ValueError(f"`{mask_name}` has shape {tuple(mask.shape)}, `{name}` has {tuple(states.shape[:2])}.")
 
 
-def fft_grouped_conv1d(
-    inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, groups: int
-) -> torch.Tensor:
-    """
-    `nn.functional.conv1d(inputs, weight, bias, padding=padding, groups=groups)` (stride 1, no dilation) computed
-    with real FFTs in float32: each group's channels are mixed per frequency by one complex matrix product. For the
-    long kernels of wav2vec2-family positional embeddings (128 taps, 16 groups) this is far cheaper than a direct
-    convolution, whose cuDNN kernels run grouped 1-D convolutions slowly. Returns float32, `(batch, out, frames)`.
-    """
-    batch, channels, frames = inputs.shape
-    out_channels, group_channels, kernel = weight.shape
-    padded = frames + 2 * padding
-    length = padded - kernel + 1
-    if length < 1:
-        raise ValueError(f"The input has {frames} frames; a {kernel}-tap kernel with padding {padding} needs more.")
-    size = 1 << (padded - 1).bit_length()  # >= padded: circular wrap-around never reaches the kept outputs
-    with torch.autocast(inputs.device.type, enabled=False):
-        spectrum = torch.fft.rfft(nn.functional.pad(inputs.float(), (padding, padding)), n=size)
-        # cross-correlation (what conv1d computes) = convolution with the flipped kernel
-        kernel_spectrum = torch.fft.rfft(weight.float().flip(-1), n=size)
-        spectrum = spectrum.view(batch, groups, group_channels, -1).permute(1, 3, 2, 0)  # (groups, freq, in, batch)
-        kernel_spectrum = kernel_spectrum.view(groups, out_channels // groups, group_channels, -1).permute(0, 3, 1, 2)
-        mixed = torch.matmul(kernel_spectrum, spectrum)  # (groups, freq, out / groups, batch)
-        mixed = mixed.permute(3, 0, 2, 1).reshape(batch, out_channels, -1)
-        outputs = torch.fft.irfft(mixed, n=size)[..., kernel - 1 : kernel - 1 + length]
-        if bias is not None:
-            outputs = outputs + bias.float()[:, None]
-    return outputs
-
-
-def _fft_positional_conv_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """The forward of a wav2vec2-family convolutional positional embedding with the convolution done by FFT
-    (`"auto"`: on CUDA devices only; oneDNN's direct convolution is faster on CPU)."""
-    if self.positional_conv_implementation == "auto" and hidden_states.device.type != "cuda":
-        return super(type(self), self).forward(hidden_states)
-    dtype = hidden_states.dtype
-    hidden_states = hidden_states.transpose(1, 2)
-    if self.batch_norm is not None:
-        hidden_states = self.batch_norm(hidden_states)
-    conv = self.conv
-    hidden_states = fft_grouped_conv1d(hidden_states, conv.weight, conv.bias, conv.padding[0], conv.groups)
-    hidden_states = self.activation(self.padding(hidden_states.to(dtype)))
-    return hidden_states.transpose(1, 2)
-
-
-class CMTHubertPositionalConvEmbedding(HubertPositionalConvEmbedding):
-    """HuBERT's positional convolution with the FFT forward (same parameters and state-dict keys)."""
-
-    forward = _fft_positional_conv_forward
-
-
-class CMTWav2Vec2PositionalConvEmbedding(Wav2Vec2PositionalConvEmbedding):
-    """wav2vec 2.0's positional convolution with the FFT forward (same parameters and state-dict keys)."""
-
-    forward = _fft_positional_conv_forward
-
-
-FFT_POSITIONAL_CONV_CLASSES = {
-    HubertPositionalConvEmbedding: CMTHubertPositionalConvEmbedding,
-    Wav2Vec2PositionalConvEmbedding: CMTWav2Vec2PositionalConvEmbedding,
-}
-
-
-def _swap_module_classes(model: nn.Module, classes: dict, accepts=lambda module: True, **attributes) -> int:
-    """
-    In place, gives each submodule whose exact type is a key of `classes` (and that `accepts`) the mapped subclass,
-    which only overrides `forward`, and sets `attributes` on it: parameters, buffers, state-dict keys and checkpoints
-    are untouched, and copies and pickles keep the new class. Returns how many modules changed.
-    """
-    changed = 0
-    for module in model.modules():
-        new_class = classes.get(type(module))
-        if new_class is not None and accepts(module):
-            module.__class__ = new_class
-            for name, value in attributes.items():
-                setattr(module, name, value)
-            changed += 1
-    return changed
-
-
-def _fft_applies(module: nn.Module) -> bool:
-    """The FFT forward computes stride-1, undilated convolutions with numeric padding."""
-    conv = getattr(module, "conv", None)
-    return (
-        isinstance(conv, nn.Conv1d)
-        and isinstance(conv.padding, tuple)
-        and conv.stride[0] == 1
-        and conv.dilation[0] == 1
-    )
-
-
-CUDA_CHUNK_FACTOR = 4
-
-
-def _chunked_feature_encoder_forward(self, input_values: torch.Tensor) -> torch.Tensor:
-    """
-    A wav2vec2-family convolutional feature encoder that, when no gradient flows through it (frozen, as in
-    fine-tuning, or at inference), runs over the batch in chunks of at most `chunk_samples` padded samples. Its
-    first layers hold ~20 MB of float32 activations per second of audio (512 channels at 3.2 kHz, before and after
-    the norm and GELU) that are freed right after; chunking (`CUDA_CHUNK_FACTOR` times larger chunks on CUDA
-    devices) caps that transient peak instead of letting it grow with the batch. Every operation is per item (convolutions, per-item GroupNorm or per-frame LayerNorm), so
-    chunked and whole-batch outputs are the same.
-    """
-    chunk_samples = self.chunk_samples
-    if chunk_samples is not None and input_values.is_cuda:  # GPU batches are larger, and cuDNN loses speed on
-        chunk_samples *= CUDA_CHUNK_FACTOR  # small chunks: 10 s chunks cost ~10 % of a 128 x 5 s step on an H100
-    needs_grad = torch.is_grad_enabled() and (input_values.requires_grad or (self._requires_grad and self.training))
-    if chunk_samples is None or needs_grad or input_values.numel() <= chunk_samples:
-        return super(type(self), self).forward(input_values)
-    items = max(1, chunk_samples // input_values.shape[-1])
-    return torch.cat([super(type(self), self).forward(part) for part in input_values.split(items)], dim=0)
-
-
-class CMTHubertFeatureEncoder(HubertFeatureEncoder):
-    """HuBERT's feature encoder, run in batch chunks when frozen (same parameters and state-dict keys)."""
-
-    forward = _chunked_feature_encoder_forward
-
-
-class CMTWav2Vec2FeatureEncoder(Wav2Vec2FeatureEncoder):
-    """wav2vec 2.0's feature encoder, run in batch chunks when frozen (same parameters and state-dict keys)."""
-
-    forward = _chunked_feature_encoder_forward
-
-
-CHUNKED_FEATURE_ENCODER_CLASSES = {
-    HubertFeatureEncoder: CMTHubertFeatureEncoder,
-    Wav2Vec2FeatureEncoder: CMTWav2Vec2FeatureEncoder,
-}
+def _select_hidden_states(model: PreTrainedModel, states: tuple, output_hidden_states) -> tuple | None:
+    """`states` as `output_hidden_states` asks: `None`, all of them, or (an index or a list of indices, as transformers
+    5 accepts) the selected ones with `None` in the other places."""
+    if output_hidden_states is None or output_hidden_states is False:
+        return None
+    selected = selected_hidden_states(output_hidden_states)
+    if selected is None:
+        return states
+    kept = resolve_hidden_states_indices(model, selected, num_hidden_states=len(states))
+    return tuple(state if index in kept else None for index, state in enumerate(states))
 
 
 def _build_text_tower(text_config) -> PreTrainedModel:
@@ -351,7 +275,7 @@ class CMTAttention(nn.Module):
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, query_length, _ = hidden_states.shape
         key_value_states = hidden_states if key_value_states is None else key_value_states
@@ -361,7 +285,7 @@ class CMTAttention(nn.Module):
         key, value = key.transpose(1, 2), value.transpose(1, 2)  # (batch, heads, keys, head_dim)
 
         # Attention maps are only materialised by the eager kernel; the others return None for the weights.
-        implementation = "eager" if output_attentions else self.config._attn_implementation
+        implementation = "eager" if kwargs.get("output_attentions") else self.config._attn_implementation
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if implementation == "eager" and attention_mask is not None and attention_mask.dtype == torch.bool:
             attention_mask = torch.zeros_like(attention_mask, dtype=query.dtype).masked_fill(
@@ -375,6 +299,7 @@ class CMTAttention(nn.Module):
             attention_mask,
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
+            **kwargs,
         )
         attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()  # (batch, frames, hidden)
         return self.out_proj(attn_output), attn_weights
@@ -418,28 +343,22 @@ class CMTCrossModalLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None,
         text_states: torch.Tensor,
         text_attention_mask: torch.Tensor | None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
         # eq. 1-2: self-attention over the audio frames, add & LayerNorm
-        attended, self_weights = self.attention(
-            hidden_states, attention_mask=attention_mask, output_attentions=output_attentions
-        )
+        attended, _ = self.attention(hidden_states, attention_mask=attention_mask, **kwargs)
         hidden_states = self.layer_norm(hidden_states + self.dropout(attended))
         # eq. 3-4: cross-attention from audio frames to text tokens, add & LayerNorm
-        attended, cross_weights = self.cross_attention(
-            hidden_states,
-            key_value_states=text_states,
-            attention_mask=text_attention_mask,
-            output_attentions=output_attentions,
+        attended, _ = self.cross_attention(
+            hidden_states, key_value_states=text_states, attention_mask=text_attention_mask, **kwargs
         )
         hidden_states = self.cross_attention_layer_norm(hidden_states + self.dropout(attended))
         # eq. 5: feed-forward, add & LayerNorm
-        hidden_states = self.final_layer_norm(hidden_states + self.feed_forward(hidden_states))
-        return hidden_states, self_weights, cross_weights
+        return self.final_layer_norm(hidden_states + self.feed_forward(hidden_states))
 
 
 class CMTCrossModalEncoder(nn.Module):
-    """The stack of audio cross-modal layers; keeps every layer's output for the pooler and the hidden-state choice."""
+    """The stack of audio cross-modal layers; returns every layer's output for the pooler and the hidden-state choice."""
 
     def __init__(self, config: CMTConfig):
         super().__init__()
@@ -452,8 +371,8 @@ class CMTCrossModalEncoder(nn.Module):
         frame_mask: torch.Tensor | None,
         text_states: torch.Tensor,
         text_mask: torch.Tensor | None,
-        output_attentions: bool = False,
-    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, ...]:
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=frame_mask
         )  # audio keys: padded frames masked
@@ -464,17 +383,10 @@ class CMTCrossModalEncoder(nn.Module):
             encoder_hidden_states=text_states,
         )  # text keys: padded tokens masked
         all_hidden_states = (hidden_states,)
-        all_attentions, all_cross_attentions = (), ()
         for layer in self.layers:
-            hidden_states, self_weights, cross_weights = layer(
-                hidden_states, attention_mask, text_states, text_attention_mask, output_attentions
-            )
+            hidden_states = layer(hidden_states, attention_mask, text_states, text_attention_mask, **kwargs)
             all_hidden_states += (hidden_states,)
-            all_attentions += (self_weights,)
-            all_cross_attentions += (cross_weights,)
-        if not output_attentions:
-            return all_hidden_states, None, None
-        return all_hidden_states, all_attentions, all_cross_attentions
+        return all_hidden_states
 
 
 class CMTLayerPooler(nn.Module):
@@ -520,8 +432,16 @@ class CMTPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _no_split_modules = ["CMTCrossModalLayer"]
-    # Our forward takes no **kwargs; tell Trainer not to scale losses as if it passed `num_items_in_batch`.
+    _can_record_outputs = {
+        "attentions": OutputRecorder(CMTAttention, index=1, layer_name="attention"),
+        "cross_attentions": OutputRecorder(CMTAttention, index=1, layer_name="cross_attention"),
+    }
+    # `forward(**kwargs)` would make Trainer pass `num_items_in_batch` and scale the logged loss by the number of
+    # processes; the losses here are means over the batch.
     accepts_loss_kwargs = False
+    # The pipeline class whose `custom_pipelines` entry and code a checkpoint of this class carries, so that
+    # `pipeline(task, model=path, trust_remote_code=True)` works without the package; the package sets it at import.
+    pipeline_class = None
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -533,6 +453,9 @@ class CMTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.codebook)  # all-zero = not fitted yet
 
     # --- construction from tower checkpoints and presets -------------------------------------------------------------
+
+    # Whether `from_audio_text_pretrained` loads the text checkpoint's LM head too (the pretraining MLM head).
+    _loads_text_lm_head = False
 
     @classmethod
     def from_audio_text_pretrained(
@@ -560,11 +483,12 @@ class CMTPreTrainedModel(PreTrainedModel):
             text_kwargs.setdefault("attn_implementation", kwargs["attn_implementation"])
 
         audio_model = _load_tower(AutoModel, audio_model_name_or_path, "audio", audio_kwargs)
-        wants_mlm_head = issubclass(cls, CMTForPreTraining)
-        text_loader = AutoModelForMaskedLM if wants_mlm_head else AutoModel
-        text_model = _load_tower(text_loader, text_model_name_or_path, "text", text_kwargs)
-        mlm_head = getattr(text_model, "lm_head", None) if wants_mlm_head else None
-        if wants_mlm_head:
+        wants_lm_head = cls._loads_text_lm_head and kwargs.get("mlm_loss_weight", CMTConfig.mlm_loss_weight) > 0
+        text_model = _load_tower(
+            AutoModelForMaskedLM if wants_lm_head else AutoModel, text_model_name_or_path, "text", text_kwargs
+        )
+        lm_head = getattr(text_model, "lm_head", None) if wants_lm_head else None
+        if wants_lm_head:
             text_model = text_model.base_model
 
         audio_config = audio_model.config.to_dict()
@@ -599,8 +523,8 @@ class CMTPreTrainedModel(PreTrainedModel):
                     f"unexpected {unexpected[:5]}. Use cross_layer_init='random'."
                 )
         loaded_from = {"audio_model.", "text_model."}
-        if mlm_head is not None and isinstance(mlm_head, RobertaLMHead):
-            model.mlm_head.load_state_dict(mlm_head.state_dict())
+        if isinstance(lm_head, RobertaLMHead):
+            model.mlm_head.load_state_dict(lm_head.state_dict())
             loaded_from.add("mlm_head.")
         new_modules = sorted(
             {
@@ -621,33 +545,35 @@ class CMTPreTrainedModel(PreTrainedModel):
         return model
 
     @classmethod
-    def from_preset(cls, name: str, load_towers: bool = True, **kwargs) -> "CMTPreTrainedModel":
+    def from_preset(cls, name: str, load_towers: bool = True, **overrides) -> "CMTPreTrainedModel":
         """
-        Builds a model from a named preset (`tiny`, `cmt-4`, `cmt-base`, `cmt-large`). With `load_towers=True` and a
-        preset that names tower checkpoints, the towers are loaded with [`from_audio_text_pretrained`]; otherwise
-        every weight is random (e.g. for benchmarks). Keyword arguments override the preset's config values.
+        Builds a model from a named preset (`tiny`, `demo`, `cmt-4`, `cmt-base`, `cmt-large`). With
+        `load_towers=True` and a preset that names tower checkpoints, the towers are loaded with
+        [`from_audio_text_pretrained`] (their configs come from the checkpoints); otherwise every weight is random
+        (e.g. for benchmarks). Keyword arguments override the preset's values as in [`CMTConfig.from_preset`].
         """
         preset = load_preset(name)
         if load_towers and "audio_model_name_or_path" in preset:
-            tower_free = {k: v for k, v in preset["config"].items() if k not in ("audio_config", "text_config")}
+            values = merge_config_values(preset["config"], overrides)
+            tower_free = {key: value for key, value in values.items() if key not in ("audio_config", "text_config")}
             return cls.from_audio_text_pretrained(
-                preset["audio_model_name_or_path"], preset["text_model_name_or_path"], **{**tower_free, **kwargs}
+                preset["audio_model_name_or_path"], preset["text_model_name_or_path"], **tower_free
             )
-        return cls(CMTConfig(**{**preset["config"], **kwargs}))
+        return cls(CMTConfig.from_preset(name, **overrides))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """
+        As `PreTrainedModel.save_pretrained`; with the Auto classes registered (the package registers them), a head's
+        checkpoint also lists its base model in `auto_map` (so it loads with `AutoModel`), and a class with a
+        `pipeline_class` carries that pipeline (`custom_pipelines` in config.json, and its code).
+        """
         if self._auto_class is not None:
-            # `auto_map` lists only the saved class; add the bare model so a head checkpoint loads with AutoModel too.
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map.setdefault("AutoModel", f"{CMTModel.__module__.rsplit('.', 1)[-1]}.CMTModel")
-            self.config.auto_map = auto_map
-            if isinstance(self, CMTForSequenceClassification):
-                # A classification checkpoint carries the `audio-text-classification` pipeline: `custom_pipelines` in
-                # config.json, and this relative import makes the remote-code save copy pipeline_cmt.py beside the
-                # weights, so `pipeline(task, model=path, trust_remote_code=True)` works without this package.
-                from .pipeline_cmt import custom_pipelines
-
-                self.config.custom_pipelines = custom_pipelines()
+            os.makedirs(save_directory, exist_ok=True)
+            if self.base_model is not self and self.base_model._auto_class is not None:
+                custom_object_save(self.base_model, save_directory, config=self.config)
+            if self.pipeline_class is not None:
+                self.config.custom_pipelines = self.pipeline_class.custom_pipelines()
+                custom_object_save(self.pipeline_class, save_directory)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # --- training controls -------------------------------------------------------------------------------------------
@@ -741,20 +667,9 @@ class CMTModel(CMTPreTrainedModel):
         uses_audio = config.modality in ("both", "audio")
         uses_text = config.modality in ("both", "text")
         self.audio_model = AutoModel.from_config(config.audio_config) if uses_audio else None
-        if self.audio_model is not None and config.positional_conv_implementation != "conv":
-            # FFT forward for the positional convolution ("auto": on CUDA devices only)
-            _swap_module_classes(
-                self.audio_model,
-                FFT_POSITIONAL_CONV_CLASSES,
-                _fft_applies,
-                positional_conv_implementation=config.positional_conv_implementation,
-            )
-        if self.audio_model is not None and config.feature_encoder_chunk_samples is not None:
-            # batch chunks for the convolutional feature encoder when it needs no gradient
-            _swap_module_classes(
-                self.audio_model,
-                CHUNKED_FEATURE_ENCODER_CLASSES,
-                chunk_samples=config.feature_encoder_chunk_samples,
+        if self.audio_model is not None:
+            patch_audio_tower(
+                self.audio_model, config.positional_conv_implementation, config.feature_encoder_chunk_samples
             )
         self.text_model = _build_text_tower(config.text_config) if uses_text else None
         audio_width, text_width = config.audio_config.hidden_size, config.text_config.hidden_size
@@ -769,6 +684,79 @@ class CMTModel(CMTPreTrainedModel):
     def get_input_embeddings(self):
         return self.text_model.get_input_embeddings() if self.text_model is not None else None
 
+    def set_input_embeddings(self, value: nn.Module):
+        if self.text_model is None:
+            raise ValueError("A `modality='audio'` model has no text tower, so no input embeddings to set.")
+        self.text_model.set_input_embeddings(value)
+
+    def min_input_samples(self) -> int:
+        """The shortest audio (in samples) that the audio tower's convolutional front end turns into one frame."""
+        return self.config.min_input_samples()
+
+    def audio_frame_mask(self, audio_attention_mask: torch.Tensor) -> torch.BoolTensor:
+        """Which frames of the audio tower's output are real, `(batch, frames)`, from the sample-level mask
+        `(batch, samples)` (right-padded, as the processor pads)."""
+        frames = self.config.audio_frames(audio_attention_mask.shape[-1])
+        lengths = self.config.audio_frames(audio_attention_mask.sum(-1))  # (batch,)
+        return torch.arange(frames, device=audio_attention_mask.device)[None, :] < lengths[:, None]
+
+    @can_return_tuple
+    def get_audio_features(
+        self,
+        input_values: torch.Tensor,
+        audio_attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CMTAudioTowerOutput:
+        r"""
+        The audio tower's output for raw audio and its frame mask: what `forward` feeds the cross-modal stack.
+        Keyword arguments (e.g. `output_hidden_states`) go to the tower.
+
+        Example:
+
+        ```python
+        >>> inputs = processor(audio=waveform, sampling_rate=16000)
+        >>> audio = model.get_audio_features(inputs["input_values"], inputs["audio_attention_mask"])
+        >>> audio.last_hidden_state.shape, audio.frame_mask.shape  # (batch, frames, hidden), (batch, frames)
+        ```"""
+        if self.audio_model is None:
+            raise ValueError(f"A modality={self.config.modality!r} model has no audio tower.")
+        outputs = self.audio_model(
+            input_values.to(self.audio_model.dtype),
+            attention_mask=audio_attention_mask,
+            mask_time_indices=mask_time_indices,
+            return_dict=True,
+            **kwargs,
+        )
+        frame_mask = self.audio_frame_mask(audio_attention_mask) if audio_attention_mask is not None else None
+        return CMTAudioTowerOutput(
+            last_hidden_state=outputs.last_hidden_state,  # (batch, frames, hidden)
+            frame_mask=frame_mask,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CMTTextTowerOutput:
+        r"""
+        The text tower's output for token ids and its token mask: what cross-attention reads. Keyword arguments go
+        to the tower.
+        """
+        if self.text_model is None:
+            raise ValueError(f"A modality={self.config.modality!r} model has no text tower.")
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return CMTTextTowerOutput(
+            last_hidden_state=outputs.last_hidden_state,  # (batch, tokens, text_hidden)
+            attention_mask=attention_mask,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
     def project_text(self, text_states: torch.Tensor) -> torch.Tensor:
         """Maps text-tower states into the audio width (identity when the widths already match)."""
         return self.text_projection(text_states) if self.text_projection is not None else text_states
@@ -780,21 +768,18 @@ class CMTModel(CMTPreTrainedModel):
             raise ValueError("The audio tower has no mask embedding (`audio_config.mask_time_prob` is 0).")
         return torch.where(mask_time_indices[..., None], mask_embedding.to(audio_states.dtype), audio_states)
 
-    def min_input_samples(self) -> int:
-        """The shortest audio (in samples) that the audio tower's convolutional front end turns into one frame."""
-        audio_config = self.config.audio_config
-        return _min_input_samples(audio_config.conv_kernel, audio_config.conv_stride)
-
-    def _check_inputs(
+    def _check_input_shapes(
         self,
         input_values,
         audio_attention_mask,
         input_ids,
         attention_mask,
-        audio_tower_output=None,
-        audio_frame_mask=None,
-        text_tower_output=None,
+        audio_tower_output,
+        audio_frame_mask,
+        text_tower_output,
     ):
+        """Shapes and presence only: reading values would force a host sync on every step (the processor and the
+        pipeline check values where data enters)."""
         batch_sizes = {}
         if self.audio_model is not None and audio_tower_output is not None:
             width = self.config.audio_config.hidden_size
@@ -816,18 +801,11 @@ class CMTModel(CMTPreTrainedModel):
                     f"`audio_attention_mask` has shape {tuple(audio_attention_mask.shape)} but `input_values` has "
                     f"{tuple(input_values.shape)}; they must match (one entry per sample)."
                 )
-            lengths = audio_attention_mask.sum(-1) if audio_attention_mask is not None else None
-            shortest = int(lengths.min()) if lengths is not None else input_values.shape[1]
-            if shortest < self.min_input_samples():
-                item = int(lengths.argmin()) if lengths is not None else 0
+            if input_values.shape[1] < self.config.min_input_samples():
                 raise ValueError(
-                    f"Audio item {item} has {shortest} samples, but the audio tower's convolutional front end needs at "
-                    f"least {self.min_input_samples()} ({1000 * self.min_input_samples() / 16000:.0f} ms at 16 kHz). "
-                    "Pad it or leave it out."
+                    f"The audio batch has {input_values.shape[1]} samples, but the audio tower's convolutional front "
+                    f"end needs at least {self.config.min_input_samples()}."
                 )
-            if not torch.isfinite(input_values).all():
-                item = int((~torch.isfinite(input_values)).any(-1).nonzero()[0])
-                raise ValueError(f"Audio item {item} contains NaN or Inf samples.")
             batch_sizes["input_values"] = input_values.shape[0]
         if self.text_model is not None and text_tower_output is not None:
             width = self.config.text_config.hidden_size
@@ -841,25 +819,16 @@ class CMTModel(CMTPreTrainedModel):
                 )
             if input_ids.dim() != 2:
                 raise ValueError(f"`input_ids` must have shape (batch, tokens), got {tuple(input_ids.shape)}.")
-            if attention_mask is not None:
-                if attention_mask.shape != input_ids.shape:
-                    raise ValueError(
-                        f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has "
-                        f"{tuple(input_ids.shape)}."
-                    )
-                if (attention_mask.sum(-1) == 0).any():
-                    item = int((attention_mask.sum(-1) == 0).nonzero()[0])
-                    raise ValueError(f"Text item {item} has no unmasked token; a transcript needs at least <s>.")
-            vocab_size = self.config.text_config.vocab_size
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+            if attention_mask is not None and attention_mask.shape != input_ids.shape:
                 raise ValueError(
-                    f"`input_ids` hold ids outside the text tower's vocabulary [0, {vocab_size}); was the text "
-                    "tokenized with this model's tokenizer?"
+                    f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has "
+                    f"{tuple(input_ids.shape)}."
                 )
             batch_sizes["input_ids"] = input_ids.shape[0]
         if len(set(batch_sizes.values())) > 1:
             raise ValueError(f"Audio and text batch sizes differ: {batch_sizes}. Pass one transcript per audio item.")
 
+    @capture_outputs
     def forward(
         self,
         input_values: torch.Tensor | None = None,
@@ -870,10 +839,8 @@ class CMTModel(CMTPreTrainedModel):
         audio_tower_output: torch.Tensor | None = None,
         audio_frame_mask: torch.Tensor | None = None,
         text_tower_output: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> CMTModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CMTModelOutput:
         r"""
         input_values (`torch.FloatTensor` of shape `(batch_size, samples)`):
             Raw 16 kHz audio, normalised as the feature extractor does.
@@ -892,13 +859,16 @@ class CMTModel(CMTPreTrainedModel):
         text_tower_output (`torch.FloatTensor` of shape `(batch_size, tokens, text_hidden_size)`, *optional*):
             Precomputed last hidden states of the (frozen) text tower: the tower is skipped; `attention_mask` still
             marks the real tokens.
+        output_attentions (`bool`, *optional*):
+            Return the cross-modal layers' self- and cross-attention weights (computed with the eager kernel for this
+            call, whatever `attn_implementation` is).
+        output_hidden_states (`bool`, `int` or `list[int]`, *optional*):
+            Return the cross-modal hidden states: all of them, or the ones at the given indices.
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_inputs(
+        output_hidden_states = kwargs.pop("output_hidden_states", None)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        self._check_input_shapes(
             input_values,
             audio_attention_mask,
             input_ids,
@@ -912,51 +882,42 @@ class CMTModel(CMTPreTrainedModel):
         if self.text_model is not None:
             text_states = text_tower_output
             if text_states is None:
-                text_states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                text_states = self.get_text_features(input_ids, attention_mask).last_hidden_state
             text_pooled = masked_mean(text_states, attention_mask)  # (batch, text_hidden)
             text_first = text_states[:, 0]  # (batch, text_hidden)
 
-        audio_states = audio_pooled = frame_mask = None
-        hidden_states = attentions = cross_attentions = pooler_weights = None
-        if self.audio_model is not None and audio_tower_output is not None:
-            audio_states, frame_mask = audio_tower_output, audio_frame_mask
-            if mask_time_indices is not None:
-                audio_states = self._mask_tower_output(audio_states, mask_time_indices)
-        elif self.audio_model is not None:
-            input_values = input_values.to(self.audio_model.dtype)
-            audio_states = self.audio_model(
-                input_values, attention_mask=audio_attention_mask, mask_time_indices=mask_time_indices
-            ).last_hidden_state  # (batch, frames, hidden)
-            if audio_attention_mask is not None:
-                frame_mask = self.audio_model._get_feature_vector_attention_mask(
-                    audio_states.shape[1], audio_attention_mask
-                )  # (batch, frames)
-        if audio_states is not None:
-            hidden_states = (audio_states,)
+        audio_states = audio_pooled = frame_mask = hidden_states = pooler_weights = None
+        if self.audio_model is not None:
+            if audio_tower_output is not None:
+                audio_states, frame_mask = audio_tower_output, audio_frame_mask
+                if mask_time_indices is not None:
+                    audio_states = self._mask_tower_output(audio_states, mask_time_indices)
+            else:
+                audio = self.get_audio_features(input_values, audio_attention_mask, mask_time_indices)
+                audio_states, frame_mask = audio.last_hidden_state, audio.frame_mask  # (batch, frames, hidden)
+            layer_states = (audio_states,)
             if self.encoder is not None:
-                hidden_states, attentions, cross_attentions = self.encoder(
-                    audio_states, frame_mask, self.project_text(text_states), attention_mask, output_attentions
+                layer_states = self.encoder(
+                    audio_states, frame_mask, self.project_text(text_states), attention_mask, **kwargs
                 )
             if self.layer_pooler is not None:
-                audio_representation, pooler_weights = self.layer_pooler(hidden_states[1:])
+                audio_representation, pooler_weights = self.layer_pooler(layer_states[1:])
             else:
-                audio_representation = hidden_states[self.config.cross_hidden_state_index]
-            audio_states = hidden_states[-1]
+                audio_representation = layer_states[self.config.cross_hidden_state_index]
+            audio_states = layer_states[-1]
             audio_pooled = masked_mean(audio_representation, frame_mask)  # (batch, hidden)
+            hidden_states = _select_hidden_states(self, layer_states, output_hidden_states)
 
-        output = CMTModelOutput(
+        return CMTModelOutput(
             last_hidden_state=audio_states,
             audio_pooled_output=audio_pooled,
             text_last_hidden_state=text_states,
             text_pooled_output=text_pooled,
             text_first_token_output=text_first,
             audio_frame_mask=frame_mask,
-            hidden_states=hidden_states if output_hidden_states else None,
-            attentions=attentions,
-            cross_attentions=cross_attentions,
+            hidden_states=hidden_states,
             layer_pooler_weights=pooler_weights,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class CMTForSequenceClassification(CMTPreTrainedModel):
@@ -1006,6 +967,7 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
             raise ValueError(f"Multi-label targets must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}.")
         return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor | None = None,
@@ -1016,18 +978,17 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
         audio_tower_output: torch.Tensor | None = None,
         audio_frame_mask: torch.Tensor | None = None,
         text_tower_output: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> CMTSequenceClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CMTSequenceClassifierOutput:
         r"""
         labels (`torch.Tensor` of shape `(batch_size,)` or `(batch_size, num_labels)`, *optional*):
             Class ids (cross-entropy), floats with `num_labels=1` (MSE, e.g. CMU-MOSEI sentiment), or multi-hot
             targets (BCE).
         audio_tower_output, audio_frame_mask, text_tower_output:
             Precomputed frozen-tower outputs that replace the towers, as in [`CMTModel.forward`].
+        output_attentions, output_hidden_states:
+            As in [`CMTModel.forward`].
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.cmt(
             input_values=input_values,
             audio_attention_mask=audio_attention_mask,
@@ -1036,9 +997,8 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
             audio_tower_output=audio_tower_output,
             audio_frame_mask=audio_frame_mask,
             text_tower_output=text_tower_output,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         parts = [outputs.audio_pooled_output, outputs.text_first_token_output]
         fused = torch.cat([part for part in parts if part is not None], dim=-1)  # (batch, fused_size)
@@ -1056,7 +1016,7 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
             if ortho_loss is not None and self.config.ortho_weight > 0:
                 loss = task_loss + self.config.ortho_weight * ortho_loss
 
-        output = CMTSequenceClassifierOutput(
+        return CMTSequenceClassifierOutput(
             loss=loss,
             logits=logits,
             task_loss=task_loss,
@@ -1067,7 +1027,6 @@ class CMTForSequenceClassification(CMTPreTrainedModel):
             cross_attentions=outputs.cross_attentions,
             layer_pooler_weights=outputs.layer_pooler_weights,
         )
-        return output if return_dict else output.to_tuple()
 
 
 class CMTForPreTraining(CMTPreTrainedModel):
@@ -1075,9 +1034,12 @@ class CMTForPreTraining(CMTPreTrainedModel):
     CMT with the self-supervised cross-modal pretraining heads: masked acoustic unit prediction conditioned on the
     transcript (k-means units of the audio tower's `codebook_layer` features, stored in the `codebook` buffer), masked
     language modelling on the text tower (a RoBERTa LM head tied to the word embeddings) and optional audio–text
-    matching from h_fuse. Each loss has a config weight; a weight of 0 switches it off.
+    matching from h_fuse. Each loss has a config weight; a weight of 0 switches it off and its head is not built, so
+    every parameter of a head gets a gradient in every step (as DDP without `find_unused_parameters` needs). With the
+    MLM loss alone, nothing reads the audio side: freeze it or leave it out of DDP's reducer.
     """
 
+    _loads_text_lm_head = True
     _tied_weights_keys = {
         "mlm_head.decoder.weight": "cmt.text_model.embeddings.word_embeddings.weight",
         "mlm_head.decoder.bias": "mlm_head.bias",
@@ -1097,19 +1059,25 @@ class CMTForPreTraining(CMTPreTrainedModel):
                 "`unit_loss_weight=0`."
             )
         self.cmt = CMTModel(config)
-        if not hasattr(getattr(self.cmt.text_model, "embeddings", None), "word_embeddings"):
-            raise ValueError(
-                "The MLM head is tied to `embeddings.word_embeddings`: use a BERT/RoBERTa-family text tower."
-            )
         audio_width = audio_config.hidden_size
-        self.unit_head = nn.Linear(audio_width, config.codebook_size)
-        self.mlm_head = RobertaLMHead(config.text_config)
-        self.matching_head = nn.Linear(audio_width + config.text_config.hidden_size, 2)
+        self.unit_head = nn.Linear(audio_width, config.codebook_size) if config.unit_loss_weight > 0 else None
+        self.mlm_head = None
+        if config.mlm_loss_weight > 0:
+            if not hasattr(getattr(self.cmt.text_model, "embeddings", None), "word_embeddings"):
+                raise ValueError(
+                    "The MLM head is tied to `embeddings.word_embeddings`: use a BERT/RoBERTa-family text tower."
+                )
+            self.mlm_head = RobertaLMHead(config.text_config)
+        else:
+            self._tied_weights_keys = {}
+        self.matching_head = None
+        if config.matching_loss_weight > 0:
+            self.matching_head = nn.Linear(audio_width + config.text_config.hidden_size, 2)
         self.register_buffer("codebook", torch.zeros(config.codebook_size, audio_width))  # (units, hidden)
         self.post_init()
 
     def get_output_embeddings(self):
-        return self.mlm_head.decoder
+        return self.mlm_head.decoder if self.mlm_head is not None else None
 
     def set_output_embeddings(self, new_embeddings):
         self.mlm_head.decoder = new_embeddings
@@ -1143,16 +1111,12 @@ class CMTForPreTraining(CMTPreTrainedModel):
         was_training = audio_model.training
         audio_model.eval()
         try:
-            outputs = audio_model(
-                input_values.to(audio_model.dtype), attention_mask=audio_attention_mask, output_hidden_states=True
+            audio = self.cmt.get_audio_features(
+                input_values, audio_attention_mask, output_hidden_states=[self.config.codebook_layer]
             )
         finally:
             audio_model.train(was_training)
-        features = outputs.hidden_states[self.config.codebook_layer]
-        frame_mask = None
-        if audio_attention_mask is not None:
-            frame_mask = audio_model._get_feature_vector_attention_mask(features.shape[1], audio_attention_mask)
-        return features, frame_mask
+        return audio.hidden_states[self.config.codebook_layer], audio.frame_mask
 
     @torch.no_grad()
     def assign_units(self, features: torch.Tensor) -> torch.LongTensor:
@@ -1190,6 +1154,7 @@ class CMTForPreTraining(CMTPreTrainedModel):
         labels = (permutation == torch.arange(batch_size)).long()
         return permutation.to(device), labels.to(device)
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor | None = None,
@@ -1202,8 +1167,8 @@ class CMTForPreTraining(CMTPreTrainedModel):
         audio_tower_output: torch.Tensor | None = None,
         audio_frame_mask: torch.Tensor | None = None,
         text_tower_output: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-    ) -> CMTForPreTrainingOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CMTForPreTrainingOutput:
         r"""
         mlm_labels (`torch.LongTensor` of shape `(batch_size, tokens)`, *optional*):
             Original ids at the tokens masked in `input_ids` and -100 elsewhere (as `DataCollatorForLanguageModeling`
@@ -1216,8 +1181,9 @@ class CMTForPreTraining(CMTPreTrainedModel):
             Precomputed frozen-tower outputs (stage 1 from a cache), as in [`CMTModel.forward`]. Masked frames then
             take the mask embedding in the tower's output instead of its input, `unit_labels` must be given, and MLM
             is unavailable (it needs the text tower to read the masked tokens).
+        output_attentions, output_hidden_states:
+            As in [`CMTModel.forward`].
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
         if (input_values is None and audio_tower_output is None) or (input_ids is None and text_tower_output is None):
             raise ValueError("Pretraining needs paired audio and transcript (raw inputs or cached tower outputs).")
@@ -1227,9 +1193,8 @@ class CMTForPreTraining(CMTPreTrainedModel):
         audio_input = audio_tower_output if cached_audio else input_values
         batch_size, device = audio_input.shape[0], audio_input.device
 
-        compute_units = config.unit_loss_weight > 0
-        if compute_units:
-            self.cmt._check_inputs(
+        if self.unit_head is not None:
+            self.cmt._check_input_shapes(
                 input_values,
                 audio_attention_mask,
                 input_ids,
@@ -1247,11 +1212,9 @@ class CMTForPreTraining(CMTPreTrainedModel):
                 unit_labels = self.assign_units(features)  # (batch, frames)
                 frames = unit_labels.shape[1]
             else:
-                frames = int(self.cmt.audio_model._get_feat_extract_output_lengths(input_values.shape[1]))
+                frames = config.audio_frames(input_values.shape[1])
                 frame_mask = (
-                    self.cmt.audio_model._get_feature_vector_attention_mask(frames, audio_attention_mask)
-                    if audio_attention_mask is not None
-                    else None
+                    self.cmt.audio_frame_mask(audio_attention_mask) if audio_attention_mask is not None else None
                 )
             if unit_labels.shape != (batch_size, frames):
                 raise ValueError(
@@ -1261,7 +1224,7 @@ class CMTForPreTraining(CMTPreTrainedModel):
                 mask_time_indices = self._mask_frames(batch_size, frames, frame_mask, device)
 
         matching_labels = None
-        if config.matching_loss_weight > 0 and batch_size >= 2:
+        if self.matching_head is not None and batch_size >= 2:
             permutation, matching_labels = self._matching_pairs(batch_size, device)
             input_ids, attention_mask, mlm_labels, text_tower_output = (
                 tensor[permutation] if tensor is not None else None
@@ -1278,11 +1241,12 @@ class CMTForPreTraining(CMTPreTrainedModel):
             audio_frame_mask=audio_frame_mask,
             text_tower_output=text_tower_output,
             return_dict=True,
+            **kwargs,
         )
 
         losses = {}
         unit_logits = mlm_logits = matching_logits = None
-        if compute_units:
+        if self.unit_head is not None:
             unit_logits = self.unit_head(outputs.last_hidden_state)  # (batch, frames, units)
             scored = mask_time_indices.clone()
             if outputs.audio_frame_mask is not None:
@@ -1293,7 +1257,7 @@ class CMTForPreTraining(CMTPreTrainedModel):
                 losses["unit"] = nn.functional.cross_entropy(unit_logits[scored], unit_labels[scored])
             else:
                 losses["unit"] = unit_logits.sum() * 0.0
-        if config.mlm_loss_weight > 0 and mlm_labels is not None:
+        if self.mlm_head is not None and mlm_labels is not None:
             masked = mlm_labels != -100  # (batch, tokens)
             mlm_logits = self.mlm_head(outputs.text_last_hidden_state[masked])  # (masked_tokens, vocab)
             losses["mlm"] = (
@@ -1310,7 +1274,7 @@ class CMTForPreTraining(CMTPreTrainedModel):
             "matching": config.matching_loss_weight,
         }
         loss = sum(weights[name] * value for name, value in losses.items()) if losses else None
-        output = CMTForPreTrainingOutput(
+        return CMTForPreTrainingOutput(
             loss=loss,
             unit_loss=losses.get("unit"),
             mlm_loss=losses.get("mlm"),
@@ -1321,15 +1285,20 @@ class CMTForPreTraining(CMTPreTrainedModel):
             mlm_logits=mlm_logits,
             matching_logits=matching_logits,
             matching_labels=matching_labels,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [
+    "CMTAudioTowerOutput",
     "CMTForPreTraining",
     "CMTForSequenceClassification",
     "CMTModel",
+    "CMTModelOutput",
     "CMTPreTrainedModel",
+    "CMTTextTowerOutput",
     "masked_mean",
     "orthogonality_loss",
 ]

@@ -17,7 +17,7 @@ import torch
 from transformers import Pipeline, pipeline
 from transformers.utils import logging
 
-from .processing_cmt import CMTProcessor, _to_mono_float
+from .processing_cmt import CMTProcessor, _to_mono_float, check_waveform
 
 
 logger = logging.get_logger(__name__)
@@ -41,17 +41,6 @@ class AudioTextInput:
     text: Any = None
     sampling_rate: int | None = None
     name: str = "the audio input"
-
-
-def custom_pipelines() -> dict:
-    """The `custom_pipelines` entry of config.json that points `pipeline()` at this file's pipeline class."""
-    return {
-        TASK: {
-            "impl": f"{__name__.rsplit('.', 1)[-1]}.{AudioTextClassificationPipeline.__name__}",
-            "pt": ["AutoModelForSequenceClassification"],
-            "type": "multimodal",
-        }
-    }
 
 
 def _describe(audio, index: int | None) -> str:
@@ -174,25 +163,6 @@ def read_audio(item: AudioTextInput, default_rate: int, sampling_rate: int | Non
     return audio, int(rate)
 
 
-def check_waveform(waveform: np.ndarray, rate: int, name: str, max_audio_seconds: float | None):
-    """Raises a `ValueError` naming the input for audio the model cannot classify: empty, NaN/Inf, too long."""
-    if waveform.dtype == bool or waveform.dtype.kind not in "iuf":
-        raise ValueError(f"{name}: expected numeric audio samples, got dtype {waveform.dtype}.")
-    if waveform.size == 0:
-        raise ValueError(f"{name} is empty (0 samples).")
-    if waveform.dtype.kind == "f" and not np.isfinite(waveform).all():
-        raise ValueError(f"{name} contains NaN or Inf samples.")
-    if rate <= 0:
-        raise ValueError(f"{name}: the sampling rate must be positive, got {rate}.")
-    seconds = max(waveform.shape) / rate
-    if max_audio_seconds is not None and seconds > max_audio_seconds:
-        raise ValueError(
-            f"{name} is {seconds:.1f} s long, more than max_audio_seconds={max_audio_seconds:g}. CMT classifies one "
-            "utterance with its transcript: split long recordings into utterances, or raise `max_audio_seconds` "
-            "(attention cost grows with the square of the length)."
-        )
-
-
 def check_classification_model(model) -> None:
     """Raises a `ValueError` unless `model` is a CMT checkpoint with a trained classification / regression head."""
     config = model.config
@@ -294,7 +264,23 @@ class AudioTextClassificationPipeline(Pipeline):
                 "(`processor.save_pretrained(path)`) or pass `processor=` (or `tokenizer=` and `feature_extractor=`)."
             )
         self.processor = CMTProcessor(feature_extractor=self.feature_extractor, tokenizer=self.tokenizer)
+        self.processor.check_model_config(self.model.config)
         self.model.eval()
+
+    @classmethod
+    def custom_pipelines(cls) -> dict:
+        """
+        The `custom_pipelines` entry of config.json that points `pipeline()` at this class (as transformers'
+        `Pipeline.save_pretrained` writes it): classification checkpoints carry it with this file, so
+        `pipeline(task, model=path, trust_remote_code=True)` works where the package is not installed.
+        """
+        return {
+            TASK: {
+                "impl": f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}",
+                "pt": ["AutoModelForSequenceClassification"],
+                "type": "multimodal",
+            }
+        }
 
     # --- parameters --------------------------------------------------------------------------------------------------
 
@@ -434,14 +420,8 @@ class AudioTextClassificationPipeline(Pipeline):
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from error
 
-        num_samples = model_inputs["input_values"].shape[-1]
-        min_samples = self.model.base_model.min_input_samples()
-        if num_samples < min_samples:
-            raise ValueError(
-                f"{name} is too short: {num_samples} samples at {target_rate} Hz "
-                f"({1000 * num_samples / target_rate:.1f} ms), but the audio tower's convolutional front end needs at "
-                f"least {min_samples} ({1000 * min_samples / target_rate:.1f} ms)."
-            )
+        resampled = model_inputs["input_values"][0].numpy()
+        check_waveform(resampled, target_rate, name, min_samples=self.model.config.min_input_samples())
         return {**model_inputs, "input_name": name, "transcript": transcript, "transcript_source": source}
 
     def _forward(self, model_inputs: dict) -> dict:
@@ -492,4 +472,4 @@ class AudioTextClassificationPipeline(Pipeline):
         return [{"label": config.id2label[index], "score": scores[index].item(), **extra} for index in ids]
 
 
-__all__ = ["AudioTextClassificationPipeline", "AudioTextInput", "custom_pipelines"]
+__all__ = ["AudioTextClassificationPipeline", "AudioTextInput"]

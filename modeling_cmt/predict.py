@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import pipeline
 
-from .pipeline_cmt import TASK, AudioTextClassificationPipeline
+from .pipeline_cmt import TASK
 
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".wma", ".aif", ".aiff"}
@@ -296,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- model ------------------------------------------------------------------------------------------------------
     classifier = pipeline(
-        TASK,
-        model=args.model,
-        device=resolve_device(args.device),
-        trust_remote_code=args.trust_remote_code,
-        pipeline_class=None if args.trust_remote_code else AudioTextClassificationPipeline,
+        TASK, model=args.model, device=resolve_device(args.device), trust_remote_code=args.trust_remote_code
     )
     columns = output_columns(classifier.model.config)
     if args.overwrite and output.exists():

@@ -17,13 +17,53 @@ logger = logging.get_logger(__name__)
 MAX_CHANNELS = 16
 
 
+def check_waveform(
+    waveform: np.ndarray,
+    sampling_rate: int | None,
+    name: str,
+    max_audio_seconds: float | None = None,
+    min_samples: int | None = None,
+) -> None:
+    """
+    Raises a `ValueError` naming the audio (`name`) when its samples cannot go into the model: not numeric, empty,
+    NaN or Inf, a sampling rate that is not positive, fewer than `min_samples` samples (the audio tower's front end
+    needs `CMTConfig.min_input_samples()` at the model's rate) or longer than `max_audio_seconds`. The one value
+    check of audio: the processor runs it on every item, the pipeline (and `cmt-predict`) on every input, so the
+    model's `forward` needs none. `waveform` is `(samples,)` or `(channels, samples)` in either order.
+    """
+    if waveform.dtype == bool or waveform.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: expected numeric samples, got dtype {waveform.dtype}.")
+    if waveform.size == 0:
+        raise ValueError(f"{name} is empty (0 samples).")
+    if waveform.dtype.kind == "f" and not np.isfinite(waveform).all():
+        raise ValueError(f"{name} contains NaN or Inf samples.")
+    if sampling_rate is None:
+        return
+    if sampling_rate <= 0:
+        raise ValueError(f"{name}: the sampling rate must be positive, got {sampling_rate}.")
+    num_samples = max(waveform.shape)
+    if min_samples is not None and num_samples < min_samples:
+        raise ValueError(
+            f"{name} is too short: {num_samples} samples at {sampling_rate} Hz "
+            f"({1000 * num_samples / sampling_rate:.1f} ms), but the audio tower's convolutional front end needs at "
+            f"least {min_samples} ({1000 * min_samples / sampling_rate:.1f} ms)."
+        )
+    seconds = num_samples / sampling_rate
+    if max_audio_seconds is not None and seconds > max_audio_seconds:
+        raise ValueError(
+            f"{name} is {seconds:.1f} s long, more than max_audio_seconds={max_audio_seconds:g}. CMT classifies one "
+            "utterance with its transcript: split long recordings into utterances, or raise `max_audio_seconds` "
+            "(attention cost grows with the square of the length)."
+        )
+
+
 def _to_mono_float(audio, index: int) -> np.ndarray:
     """One item as a 1-D float32 array: integers scaled to [-1, 1), channels averaged."""
+    name = f"Audio item {index}"
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     audio = np.asarray(audio)
-    if audio.dtype == bool or audio.dtype.kind not in "iuf":
-        raise ValueError(f"Audio item {index}: expected numeric samples, got dtype {audio.dtype}.")
+    check_waveform(audio, None, name)
     if audio.dtype.kind == "i":
         audio = audio.astype(np.float32) / float(-np.iinfo(audio.dtype).min)
     elif audio.dtype.kind == "u":
@@ -34,16 +74,12 @@ def _to_mono_float(audio, index: int) -> np.ndarray:
         channel_axis = int(np.argmin(audio.shape))
         if audio.shape[channel_axis] > MAX_CHANNELS:
             raise ValueError(
-                f"Audio item {index} has shape {audio.shape}: a 2-D item is read as multi-channel audio, and neither "
-                f"axis looks like channels (<= {MAX_CHANNELS}). Pass a batch as a list of 1-D arrays."
+                f"{name} has shape {audio.shape}: a 2-D item is read as multi-channel audio, and neither axis looks "
+                f"like channels (<= {MAX_CHANNELS}). Pass a batch as a list of 1-D arrays."
             )
         audio = audio.mean(axis=channel_axis)
     elif audio.ndim != 1:
-        raise ValueError(f"Audio item {index} has shape {audio.shape}; expected (samples,) or (channels, samples).")
-    if audio.size == 0:
-        raise ValueError(f"Audio item {index} is empty (0 samples).")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"Audio item {index} contains NaN or Inf samples.")
+        raise ValueError(f"{name} has shape {audio.shape}; expected (samples,) or (channels, samples).")
     return audio
 
 
@@ -88,7 +124,23 @@ class CMTProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_values", "audio_attention_mask", "input_ids", "attention_mask"]
 
-    def _prepare_audio(self, audio, sampling_rate: int | None) -> list[np.ndarray]:
+    def check_model_config(self, config) -> None:
+        """
+        Raises a `ValueError` when this processor's outputs cannot go into a model with `config` (a `CMTConfig`):
+        a tokenizer with more tokens than the text tower's vocabulary. Run once where a model meets its processor
+        (the pipeline does), instead of checking token ids on every batch.
+        """
+        if config.modality == "audio":
+            return
+        vocab_size = config.text_config.vocab_size
+        if len(self.tokenizer) > vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(self.tokenizer)} tokens, more than the text tower's vocabulary "
+                f"({vocab_size}): was the text tokenized with this model's tokenizer? After adding tokens, call "
+                "`model.resize_token_embeddings(len(tokenizer))`."
+            )
+
+    def _prepare_audio(self, audio, sampling_rate: int | None, min_samples: int | None = None) -> list[np.ndarray]:
         items = [audio] if _is_single_item(audio) else list(audio)
         if not items:
             raise ValueError("`audio` is an empty batch.")
@@ -106,6 +158,9 @@ class CMTProcessor(ProcessorMixin):
                 torchaudio.functional.resample(torch.from_numpy(array), sampling_rate, target_rate).numpy()
                 for array in arrays
             ]
+        if min_samples is not None:
+            for index, array in enumerate(arrays):
+                check_waveform(array, target_rate, f"Audio item {index}", min_samples=min_samples)
         return arrays
 
     def _prepare_text(self, text, max_length: int | None, **tokenizer_kwargs) -> dict:
@@ -130,6 +185,7 @@ class CMTProcessor(ProcessorMixin):
         sampling_rate: int | None = None,
         max_text_length: int | None = None,
         return_tensors: str | None = "pt",
+        min_audio_samples: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -145,12 +201,16 @@ class CMTProcessor(ProcessorMixin):
                 truncated with a warning.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"`, `"np"` or `None` (lists).
+            min_audio_samples (`int`, *optional*):
+                Refuse audio items shorter than this after resampling: the model's
+                `config.min_input_samples()`, the shortest audio its convolutional front end turns into a frame.
+                Every item is always checked for being numeric, non-empty and finite.
         """
         if audio is None and text is None:
             raise ValueError("CMTProcessor needs `audio`, `text` or both.")
         features = {}
         if audio is not None:
-            arrays = self._prepare_audio(audio, sampling_rate)
+            arrays = self._prepare_audio(audio, sampling_rate, min_audio_samples)
             extracted = self.feature_extractor(
                 arrays,
                 sampling_rate=self.feature_extractor.sampling_rate,
@@ -180,4 +240,4 @@ class CMTProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
-__all__ = ["CMTProcessor"]
+__all__ = ["CMTProcessor", "check_waveform"]

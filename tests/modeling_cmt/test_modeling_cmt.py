@@ -5,10 +5,17 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import HubertConfig, HubertModel, RobertaConfig, RobertaForMaskedLM, RobertaModel
+from transformers import (
+    HubertConfig,
+    HubertModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaModel,
+    Trainer,
+    TrainingArguments,
+)
 
 from modeling_cmt import (
-    CMTConfig,
     CMTForPreTraining,
     CMTForSequenceClassification,
     CMTModel,
@@ -18,36 +25,11 @@ from modeling_cmt import (
 from modeling_cmt.configuration_cmt import load_preset
 
 
-NO_DROPOUT = {"hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "feat_proj_dropout": 0.0}
+MODEL_CLASSES = (CMTModel, CMTForSequenceClassification, CMTForPreTraining)
+SENT_LONG = "I can't believe you did that, it is wonderful and terrible at once!"
 
 
-class CMTModelTester:
-    """Builds tiny configs (from the `tiny` preset) and the matching models."""
-
-    def __init__(self, **overrides):
-        self.overrides = {"num_labels": 4, **overrides}
-
-    def config(self, **overrides) -> CMTConfig:
-        return CMTConfig.from_preset("tiny", **{**self.overrides, **overrides})
-
-    @staticmethod
-    def no_dropout_config(**overrides) -> CMTConfig:
-        preset = load_preset("tiny")["config"]
-        audio = {**preset["audio_config"], **NO_DROPOUT, "mask_time_prob": 0.0}
-        text = {**preset["text_config"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        values = {
-            **preset,
-            "audio_config": audio,
-            "text_config": text,
-            "cross_hidden_dropout": 0.0,
-            "cross_attention_dropout": 0.0,
-            "classifier_dropout": 0.0,
-            "num_labels": 4,
-        }
-        return CMTConfig(**{**values, **overrides})
-
-
-def fitted_pretraining_model(config: CMTConfig) -> CMTForPreTraining:
+def fitted_pretraining_model(config) -> CMTForPreTraining:
     model = CMTForPreTraining(config)
     model.set_codebook(torch.randn(config.codebook_size, config.audio_config.hidden_size))
     return model
@@ -65,12 +47,32 @@ def mlm_inputs(batch, mask_token_id=4):
     return input_ids, labels
 
 
+def frames_of(batch) -> int:
+    return (batch["input_values"].shape[1] - 325) // 320 + 1  # tiny front end: stride 320, receptive field 325
+
+
+def run(model, batch, **kwargs):
+    """The model's outputs on a processor batch; pretraining models get masked tokens, MLM labels and (unless the
+    caller gives them) the same masked frames every time."""
+    if isinstance(model, CMTForPreTraining):
+        input_ids, mlm_labels = mlm_inputs(batch)
+        if model.unit_head is not None and "mask_time_indices" not in kwargs:
+            kwargs["mask_time_indices"] = torch.zeros(len(input_ids), frames_of(batch), dtype=torch.bool)
+            kwargs["mask_time_indices"][:, 2:6] = True
+        return model(**{**batch, "input_ids": input_ids}, mlm_labels=mlm_labels, **kwargs)
+    return model(**batch, **kwargs)
+
+
+def build(model_class, config):
+    return fitted_pretraining_model(config) if model_class is CMTForPreTraining else model_class(config)
+
+
 # --- shapes ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("modality,num_cross_layers", [("both", 2), ("both", 0), ("audio", 0), ("text", 0)], ids=str)
-def test_output_shapes_for_every_modality(make_batch, modality, num_cross_layers):
-    config = CMTModelTester().config(modality=modality, num_cross_layers=num_cross_layers)
+def test_output_shapes_for_every_modality(make_batch, tiny_config, modality, num_cross_layers):
+    config = tiny_config(modality=modality, num_cross_layers=num_cross_layers)
     batch = make_batch()
     model = CMTForSequenceClassification(config).eval()
     with torch.no_grad():
@@ -83,10 +85,10 @@ def test_output_shapes_for_every_modality(make_batch, modality, num_cross_layers
     if modality == "text":
         assert model.cmt.audio_model is None and base.last_hidden_state is None
     else:
-        frames = (batch["input_values"].shape[1] - 325) // 320 + 1  # tiny front end: stride 320, receptive field 325
+        frames = frames_of(batch)
         assert base.last_hidden_state.shape == (3, frames, 32)
         assert base.audio_pooled_output.shape == (3, 32)
-        assert base.audio_frame_mask.shape == (3, frames)
+        assert base.audio_frame_mask.shape == (3, frames) and base.audio_frame_mask.dtype == torch.bool
         assert len(base.hidden_states) == num_cross_layers + 1
     if modality == "audio":
         assert model.cmt.text_model is None and base.text_last_hidden_state is None
@@ -95,13 +97,12 @@ def test_output_shapes_for_every_modality(make_batch, modality, num_cross_layers
         assert base.text_first_token_output.shape == base.text_pooled_output.shape == (3, 32)
 
 
-def test_pretraining_outputs_and_losses(make_batch):
-    config = CMTModelTester().config(matching_loss_weight=0.5)
-    model = fitted_pretraining_model(config).train()
+def test_pretraining_outputs_and_losses(make_batch, tiny_config):
+    model = fitted_pretraining_model(tiny_config(matching_loss_weight=0.5)).train()
     batch = make_batch()
     input_ids, mlm_labels = mlm_inputs(batch)
     outputs = model(**{**batch, "input_ids": input_ids}, mlm_labels=mlm_labels)
-    frames = (batch["input_values"].shape[1] - 325) // 320 + 1
+    frames = frames_of(batch)
     assert outputs.unit_logits.shape == (3, frames, 16)
     assert outputs.unit_labels.shape == outputs.mask_time_indices.shape == (3, frames)
     assert outputs.mlm_logits.shape == (int((mlm_labels != -100).sum()), 1000)
@@ -117,55 +118,185 @@ def test_pretraining_outputs_and_losses(make_batch):
 
 
 @pytest.mark.parametrize("disabled", ["unit_loss_weight", "mlm_loss_weight", "matching_loss_weight"])
-def test_each_pretraining_loss_can_be_switched_off(make_batch, disabled):
-    config = CMTModelTester().config(**{"matching_loss_weight": 1.0, disabled: 0.0})
-    model = fitted_pretraining_model(config)
-    batch = make_batch()
-    input_ids, mlm_labels = mlm_inputs(batch)
-    outputs = model(**{**batch, "input_ids": input_ids}, mlm_labels=mlm_labels)
+def test_each_pretraining_loss_can_be_switched_off(make_batch, tiny_config, disabled):
+    model = fitted_pretraining_model(tiny_config(**{"matching_loss_weight": 1.0, disabled: 0.0}))
+    outputs = run(model, make_batch())
     name = disabled.replace("_weight", "")
     assert getattr(outputs, name) is None
     others = [n for n in ("unit_loss", "mlm_loss", "matching_loss") if n != name]
     torch.testing.assert_close(outputs.loss, sum(getattr(outputs, n) for n in others))
 
 
-def test_unfitted_codebook_is_a_clear_error(make_batch):
-    model = CMTForPreTraining(CMTModelTester().config())
+def test_pretraining_heads_exist_only_for_losses_that_are_on(tiny_config, tmp_path):
+    model = CMTForPreTraining(tiny_config())  # default: unit and MLM on, matching off
+    assert model.matching_head is None and model.unit_head is not None and model.mlm_head is not None
+    model.save_pretrained(tmp_path)
+    assert not [key for key in load_file(tmp_path / "model.safetensors") if key.startswith("matching_head.")]
+    text_only = CMTForPreTraining.from_pretrained(tmp_path, unit_loss_weight=0.0)
+    assert text_only.unit_head is None and text_only.mlm_head is not None
+    no_mlm = CMTForPreTraining(tiny_config(mlm_loss_weight=0.0, matching_loss_weight=1.0))
+    assert no_mlm.mlm_head is None and no_mlm.get_output_embeddings() is None and no_mlm.matching_head is not None
+
+
+def test_unfitted_codebook_is_a_clear_error(make_batch, tiny_config):
+    model = CMTForPreTraining(tiny_config())
     with pytest.raises(ValueError, match="codebook has not been fitted"):
         model(**make_batch())
 
 
-def test_matching_pairs_rotate_transcripts_without_duplicates():
-    model = CMTForPreTraining(CMTModelTester().config(matching_loss_weight=1.0))
+def test_matching_pairs_rotate_transcripts_without_duplicates(tiny_config):
+    model = CMTForPreTraining(tiny_config(matching_loss_weight=1.0))
     for _ in range(20):
         permutation, labels = model._matching_pairs(6, "cpu")
         assert sorted(permutation.tolist()) == list(range(6))
         assert torch.equal(labels.bool(), permutation == torch.arange(6))
 
 
+# --- transformers 5 conventions: outputs, embeddings, tuples, Trainer ------------------------------------------------
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_model_returns_hidden_states_and_attentions_on_request(make_batch, tiny_config, model_class):
+    model = build(model_class, tiny_config(matching_loss_weight=0.5)).eval()
+    batch = make_batch()
+    frames, tokens = frames_of(batch), batch["input_ids"].shape[1]
+    with torch.no_grad():
+        plain = run(model, batch)
+        outputs = run(model, batch, output_hidden_states=True, output_attentions=True)
+    assert plain.hidden_states is None and plain.attentions is None and plain.cross_attentions is None
+    assert [tuple(state.shape) for state in outputs.hidden_states] == [(3, frames, 32)] * 3
+    assert [tuple(weights.shape) for weights in outputs.attentions] == [(3, 4, frames, frames)] * 2
+    assert [tuple(weights.shape) for weights in outputs.cross_attentions] == [(3, 4, frames, tokens)] * 2
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
+def test_a_list_of_indices_selects_hidden_states(make_batch, tiny_config, model_class):
+    model = build(model_class, tiny_config()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        every = run(model, batch, output_hidden_states=True).hidden_states
+        chosen = run(model, batch, output_hidden_states=[0, -1]).hidden_states
+        single = run(model, batch, output_hidden_states=1).hidden_states
+    assert len(every) == len(chosen) == len(single) == 3  # positions keep their index; the others are None
+    assert torch.equal(chosen[0], every[0]) and torch.equal(chosen[2], every[2]) and chosen[1] is None
+    assert single[0] is None and torch.equal(single[1], every[1]) and single[2] is None
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
+def test_return_dict_false_gives_tuples(make_batch, tiny_config, model_class):
+    model = build(model_class, tiny_config()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        as_dict = run(model, batch)
+        as_tuple = run(model, batch, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    expected = as_dict.to_tuple()
+    assert len(as_tuple) == len(expected) and all(torch.equal(a, b) for a, b in zip(as_tuple, expected))
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
+def test_resize_token_embeddings_for_added_tokens(make_batch, tiny_config, model_class):
+    model = build(model_class, tiny_config()).eval()
+    model.resize_token_embeddings(1010)
+    assert model.config.text_config.vocab_size == 1010
+    assert model.get_input_embeddings().weight.shape == (1010, 32)
+    assert model.base_model.text_model.config.vocab_size == 1010
+    batch = make_batch()
+    batch["input_ids"][:, 1] = 1005  # a new token
+    with torch.no_grad():
+        outputs = run(model, batch)
+    if model_class is CMTForPreTraining:
+        assert outputs.mlm_logits.shape[-1] == 1010
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_trainer_treats_the_models_as_taking_no_loss_kwargs(tiny_config, tmp_path):
+    """`forward(**kwargs)` must not make Trainer pass `num_items_in_batch` (HF-NOTES: DDP loss scaling)."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    for model_class in MODEL_CLASSES:
+        trainer = Trainer(model=model_class(tiny_config()), args=args)
+        assert trainer.model_accepts_loss_kwargs is False, model_class.__name__
+
+
+# --- tower features ------------------------------------------------------------------------------------------------
+
+
+def test_tower_features_are_the_towers_own_outputs(make_batch, tiny_config):
+    model = CMTModel(tiny_config()).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        audio = model.get_audio_features(
+            batch["input_values"], batch["audio_attention_mask"], output_hidden_states=True
+        )
+        text = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+        tower_audio = model.audio_model(
+            batch["input_values"], attention_mask=batch["audio_attention_mask"], output_hidden_states=True
+        )
+        tower_text = model.text_model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        outputs = model(**batch)
+    assert torch.equal(audio.last_hidden_state, tower_audio.last_hidden_state)
+    assert all(torch.equal(a, b) for a, b in zip(audio.hidden_states, tower_audio.hidden_states))
+    tower_mask = model.audio_model._get_feature_vector_attention_mask(
+        audio.last_hidden_state.shape[1], batch["audio_attention_mask"]
+    )
+    assert torch.equal(audio.frame_mask, tower_mask) and not audio.frame_mask.all()  # padded items have fewer frames
+    assert torch.equal(text.last_hidden_state, tower_text.last_hidden_state)
+    assert torch.equal(text.attention_mask, batch["attention_mask"])
+    assert torch.equal(outputs.text_last_hidden_state, text.last_hidden_state)
+    assert torch.equal(outputs.audio_frame_mask, audio.frame_mask)
+    unmasked = model.get_audio_features(batch["input_values"])
+    assert unmasked.frame_mask is None and isinstance(
+        model.get_text_features(batch["input_ids"], return_dict=False), tuple
+    )
+
+
+def test_forward_makes_no_host_sync(make_batch, tiny_config, monkeypatch):
+    """The model's own code reads no tensor value on the host (no `.item()`, `bool()`, `int()`, `.tolist()`), so it
+    neither stalls the device every step nor breaks `torch.compile` graphs."""
+    model = CMTForSequenceClassification(tiny_config(pooling="layer_pooler")).eval()
+    batch = make_batch()
+    package = str(CMTModel.__module__).split(".")[0]
+    syncs = []
+
+    def recording(name):
+        original = getattr(torch.Tensor, name)
+
+        def method(self, *args, **kwargs):
+            caller = __import__("sys")._getframe(1)
+            if f"/{package}/" in caller.f_code.co_filename:
+                syncs.append(f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, recording(name))
+    with torch.no_grad():
+        model(**batch)
+    assert not syncs
+
+
 # --- gradients ---------------------------------------------------------------------------------------------------
 
 
-def _assert_all_trainable_parameters_get_gradients(model, skip=()):
-    missing = [
+def _parameters_without_gradient(model, skip=()) -> list[str]:
+    return [
         name
         for name, parameter in model.named_parameters()
         if parameter.requires_grad
         and name not in skip
         and (parameter.grad is None or not torch.isfinite(parameter.grad).all() or parameter.grad.abs().sum() == 0)
     ]
-    assert not missing, f"no (finite, non-zero) gradient for {missing}"
 
 
-def test_gradients_reach_every_trainable_parameter_classification(make_batch):
-    config = CMTModelTester().config(pooling="layer_pooler", ortho_weight=0.5)
-    model = CMTForSequenceClassification(config).train()
+def test_gradients_reach_every_trainable_parameter_classification(make_batch, tiny_config):
+    model = CMTForSequenceClassification(tiny_config(pooling="layer_pooler", ortho_weight=0.5)).train()
     outputs = model(**make_batch(), labels=torch.tensor([0, 2, 3]))
     assert torch.isfinite(outputs.loss)
     torch.testing.assert_close(outputs.loss, outputs.task_loss + 0.5 * outputs.ortho_loss)
     outputs.loss.backward()
     # The mask embedding is used only when SpecAugment happens to mask a frame.
-    _assert_all_trainable_parameters_get_gradients(model, skip={"cmt.audio_model.masked_spec_embed"})
+    assert not _parameters_without_gradient(model, skip={"cmt.audio_model.masked_spec_embed"})
 
 
 def _matching_draw(model, seed):
@@ -173,20 +304,43 @@ def _matching_draw(model, seed):
     return int(model._matching_pairs(4, "cpu")[1].sum())
 
 
-def test_gradients_reach_every_trainable_parameter_pretraining(make_batch):
-    model = fitted_pretraining_model(CMTModelTester().config(matching_loss_weight=1.0)).train()
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {"unit_loss_weight": 1.0, "mlm_loss_weight": 1.0, "matching_loss_weight": 1.0},
+        {"unit_loss_weight": 1.0, "mlm_loss_weight": 1.0, "matching_loss_weight": 0.0},
+        {"unit_loss_weight": 1.0, "mlm_loss_weight": 0.0, "matching_loss_weight": 0.0},
+        {"unit_loss_weight": 0.0, "mlm_loss_weight": 1.0, "matching_loss_weight": 1.0},
+        {"unit_loss_weight": 0.0, "mlm_loss_weight": 0.0, "matching_loss_weight": 1.0},
+    ],
+    ids=lambda weights: "+".join(name.split("_")[0] for name, value in weights.items() if value) or "none",
+)
+def test_no_parameter_is_unused_in_a_pretraining_step(make_batch, tiny_config, weights):
+    """DDP with `find_unused_parameters=False` (and gradient checkpointing) needs a gradient for every parameter in
+    every step: only the heads of losses that are on exist."""
+    model = fitted_pretraining_model(tiny_config(**weights)).train()
+    model.activation_checkpointing_enable()
     batch = make_batch(lengths=(8000, 8000, 7200, 6400))
-    input_ids, mlm_labels = mlm_inputs(batch)
-    seed = next(s for s in range(100) if 0 < _matching_draw(model, s) < 4)  # some transcripts shuffled, some kept
-    torch.manual_seed(seed)
-    outputs = model(**{**batch, "input_ids": input_ids}, mlm_labels=mlm_labels)
-    assert 0 < outputs.matching_labels.sum() < 4
+    if weights["matching_loss_weight"]:
+        seed = next(s for s in range(100) if 0 < _matching_draw(model, s) < 4)  # some transcripts shuffled, some kept
+        torch.manual_seed(seed)
+    outputs = run(model, batch)
+    if outputs.matching_labels is not None:
+        assert 0 < outputs.matching_labels.sum() < 4
     outputs.loss.backward()
-    _assert_all_trainable_parameters_get_gradients(model)
+    skip = set() if weights["unit_loss_weight"] else {"cmt.audio_model.masked_spec_embed"}  # SpecAugment's draw
+    assert not _parameters_without_gradient(model, skip=skip)
 
 
-def test_freezing_controls(make_batch):
-    model = CMTForSequenceClassification(CMTModelTester().config())
+def test_mlm_alone_trains_only_the_text_side(make_batch, tiny_config):
+    model = fitted_pretraining_model(tiny_config(unit_loss_weight=0.0, matching_loss_weight=0.0)).train()
+    run(model, make_batch()).loss.backward()
+    unused = _parameters_without_gradient(model)
+    assert unused and all(name.startswith(("cmt.audio_model.", "cmt.encoder.")) for name in unused)
+
+
+def test_freezing_controls(tiny_config):
+    model = CMTForSequenceClassification(tiny_config())
     model.freeze_towers()
     trainable = {
         name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad and name.startswith("cmt.")
@@ -199,8 +353,8 @@ def test_freezing_controls(make_batch):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_activation_checkpointing_gives_the_same_gradients(make_batch):
-    config = CMTModelTester.no_dropout_config(ortho_weight=0.1)
+def test_activation_checkpointing_gives_the_same_gradients(make_batch, no_dropout_config):
+    config = no_dropout_config(ortho_weight=0.1)
     batch, labels = make_batch(), torch.tensor([1, 0, 3])
     reference = CMTForSequenceClassification(config).train()
     checkpointed = CMTForSequenceClassification(config).train()
@@ -217,8 +371,8 @@ def test_activation_checkpointing_gives_the_same_gradients(make_batch):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "layer_pooler"])
-def test_padded_batch_equals_items_one_by_one(make_batch, pooling):
-    model = CMTForSequenceClassification(CMTModelTester().config(pooling=pooling)).eval()
+def test_padded_batch_equals_items_one_by_one(make_batch, tiny_config, pooling):
+    model = CMTForSequenceClassification(tiny_config(pooling=pooling)).eval()
     batch = make_batch(lengths=(8000, 5600, 4000), texts=[SENT_LONG, "Hi.", "The meeting is at ten."])
     assert (batch["attention_mask"] == 0).any() and (batch["audio_attention_mask"] == 0).any()
     with torch.no_grad():
@@ -235,11 +389,8 @@ def test_padded_batch_equals_items_one_by_one(make_batch, pooling):
             torch.testing.assert_close(batched[index : index + 1], single, atol=2e-5, rtol=1e-4)
 
 
-SENT_LONG = "I can't believe you did that, it is wonderful and terrible at once!"
-
-
-def test_eager_and_sdpa_attention_agree(make_batch, tmp_path):
-    model = CMTForSequenceClassification(CMTModelTester().config(pooling="layer_pooler")).eval()
+def test_eager_and_sdpa_attention_agree(make_batch, tiny_config, tmp_path):
+    model = CMTForSequenceClassification(tiny_config(pooling="layer_pooler")).eval()
     model.save_pretrained(tmp_path)
     eager = CMTForSequenceClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
     sdpa = CMTForSequenceClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
@@ -250,8 +401,8 @@ def test_eager_and_sdpa_attention_agree(make_batch, tmp_path):
         torch.testing.assert_close(eager(**batch).logits, sdpa(**batch).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_maps_on_request(make_batch):
-    model = CMTModel(CMTModelTester().config()).eval()
+def test_attention_maps_on_request(make_batch, tiny_config):
+    model = CMTModel(tiny_config()).eval()
     batch = make_batch()
     with torch.no_grad():
         outputs = model(**batch, output_attentions=True)
@@ -291,66 +442,20 @@ def test_from_audio_text_pretrained_towers_equal_standalone(make_batch, tower_di
     batch = make_batch()
     with torch.no_grad():
         expected_audio = hubert(batch["input_values"], attention_mask=batch["audio_attention_mask"]).last_hidden_state
-        actual_audio = model.cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])
+        actual_audio = model.cmt.get_audio_features(batch["input_values"], batch["audio_attention_mask"])
         expected_text = roberta(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        actual_text = model.cmt.text_model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        actual_text = model.cmt.get_text_features(batch["input_ids"], batch["attention_mask"])
     if positional_conv != "fft":  # the tower's own convolution (on CPU, "auto" is the convolution): bit for bit
         assert torch.equal(actual_audio.last_hidden_state, expected_audio)
     else:  # the positional convolution by FFT: the same to float32 rounding on every real frame (padded frames
         # are near-zero vectors that the tower's LayerNorm blows up, in both implementations: meaningless values)
-        frames = hubert._get_feature_vector_attention_mask(expected_audio.shape[1], batch["audio_attention_mask"])
+        frames = actual_audio.frame_mask
         assert frames.sum() < frames.numel()  # the batch is padded
         torch.testing.assert_close(
-            actual_audio.last_hidden_state[frames.bool()], expected_audio[frames.bool()], rtol=1e-5, atol=1e-5
+            actual_audio.last_hidden_state[frames], expected_audio[frames], rtol=1e-5, atol=1e-5
         )
     assert torch.equal(actual_text.last_hidden_state, expected_text)
     assert model.config.audio_config._attn_implementation == hubert.config._attn_implementation
-
-
-@pytest.mark.parametrize(
-    ("batch", "channels", "frames", "kernel", "groups"),
-    [(2, 768, 249, 128, 16), (3, 32, 7, 16, 4), (1, 8, 1, 4, 2), (2, 12, 40, 5, 3)],
-)
-def test_fft_grouped_conv1d_equals_conv1d_values_and_gradients(batch, channels, frames, kernel, groups):
-    from modeling_cmt.modeling_cmt import fft_grouped_conv1d
-
-    torch.manual_seed(0)
-    inputs = torch.randn(batch, channels, frames, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(channels, channels // groups, kernel, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(channels, dtype=torch.float64, requires_grad=True)
-    padding = kernel // 2
-    expected = torch.nn.functional.conv1d(inputs, weight, bias, padding=padding, groups=groups)
-    actual = fft_grouped_conv1d(inputs, weight, bias, padding, groups)  # float32 inside
-    assert actual.shape == expected.shape and actual.dtype == torch.float32
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=2e-6 * scale)
-    probe = torch.randn_like(expected)
-    expected_grads = torch.autograd.grad((expected * probe).sum(), (inputs, weight, bias))
-    actual_grads = torch.autograd.grad((actual.double() * probe).sum(), (inputs, weight, bias))
-    for got, want in zip(actual_grads, expected_grads):
-        torch.testing.assert_close(got, want, rtol=0, atol=2e-6 * want.abs().max().item())
-
-
-def test_fft_positional_conv_keeps_parameters_and_trains_like_the_tower(make_batch):
-    torch.manual_seed(0)
-    fft = CMTForSequenceClassification(CMTModelTester.no_dropout_config(positional_conv_implementation="fft")).train()
-    conv = CMTForSequenceClassification(
-        CMTModelTester.no_dropout_config(positional_conv_implementation="conv")
-    ).train()
-    assert type(fft.cmt.audio_model.encoder.pos_conv_embed).__name__ == "CMTHubertPositionalConvEmbedding"
-    assert type(conv.cmt.audio_model.encoder.pos_conv_embed).__name__ == "HubertPositionalConvEmbedding"
-    assert fft.state_dict().keys() == conv.state_dict().keys()
-    conv.load_state_dict(fft.state_dict())
-    batch = {**make_batch(), "labels": torch.tensor([0, 1, 3])}
-    fft_loss, conv_loss = fft(**batch).loss, conv(**batch).loss
-    torch.testing.assert_close(fft_loss, conv_loss, rtol=1e-5, atol=1e-6)
-    fft_loss.backward()
-    conv_loss.backward()
-    for (name, got), (_, want) in zip(fft.named_parameters(), conv.named_parameters()):
-        if want.grad is not None:
-            torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6, msg=name)
-    copied = __import__("copy").deepcopy(fft)  # the swapped class survives copies (Trainer, EMA, pickling)
-    assert type(copied.cmt.audio_model.encoder.pos_conv_embed) is type(fft.cmt.audio_model.encoder.pos_conv_embed)
 
 
 @pytest.mark.parametrize("modality", ["audio", "text"])
@@ -396,6 +501,17 @@ def test_audio_top_layers_initialisation_moves_tower_layers(tower_dirs):
     )
 
 
+def test_audio_top_layers_refuses_pre_ln_towers(tmp_path, tower_dirs):
+    audio_dir, text_dir = tower_dirs
+    config = HubertConfig.from_pretrained(audio_dir)
+    config.do_stable_layer_norm = True
+    HubertModel(config).save_pretrained(tmp_path / "pre_ln")
+    with pytest.raises(ValueError, match="needs a post-LN audio tower"):
+        CMTModel.from_audio_text_pretrained(
+            str(tmp_path / "pre_ln"), str(text_dir), num_cross_layers=1, cross_layer_init="audio_top_layers"
+        )
+
+
 def test_pretraining_model_loads_the_text_mlm_head(tower_dirs):
     audio_dir, text_dir = tower_dirs
     model = CMTForPreTraining.from_audio_text_pretrained(str(audio_dir), str(text_dir))
@@ -408,8 +524,8 @@ def test_pretraining_model_loads_the_text_mlm_head(tower_dirs):
 # --- save / load -------------------------------------------------------------------------------------------------
 
 
-def test_save_and_load_round_trip_is_bit_exact(make_batch, tmp_path):
-    model = fitted_pretraining_model(CMTModelTester().config(pooling="layer_pooler"))
+def test_save_and_load_round_trip_is_bit_exact(make_batch, tiny_config, tmp_path):
+    model = fitted_pretraining_model(tiny_config(pooling="layer_pooler"))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     stored = load_file(tmp_path / "model.safetensors")
@@ -418,7 +534,7 @@ def test_save_and_load_round_trip_is_bit_exact(make_batch, tmp_path):
     for (name, expected), (loaded_name, actual) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert name == loaded_name and torch.equal(expected, actual), name
     assert loaded.codebook_is_fitted
-    classifier = CMTForSequenceClassification(CMTModelTester().config())
+    classifier = CMTForSequenceClassification(tiny_config())
     classifier.save_pretrained(tmp_path / "cls")
     batch = make_batch()
     with torch.no_grad():
@@ -428,25 +544,28 @@ def test_save_and_load_round_trip_is_bit_exact(make_batch, tmp_path):
         )
 
 
-def test_wrong_num_labels_needs_ignore_mismatched_sizes(tmp_path):
-    CMTForSequenceClassification(CMTModelTester().config(num_labels=4)).save_pretrained(tmp_path)
+def test_wrong_num_labels_needs_ignore_mismatched_sizes(tiny_config, tmp_path):
+    CMTForSequenceClassification(tiny_config(num_labels=4)).save_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="size mismatch|ignore_mismatched_sizes"):
         CMTForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
     model = CMTForSequenceClassification.from_pretrained(tmp_path, num_labels=3, ignore_mismatched_sizes=True)
     assert model.classifier.out_proj.weight.shape == (3, 64)
 
 
-def test_no_parameter_comes_back_uninitialised(tmp_path):
-    CMTModel(CMTModelTester().config()).save_pretrained(tmp_path)
+def test_no_parameter_comes_back_uninitialised(tiny_config, tmp_path):
+    CMTModel(tiny_config()).save_pretrained(tmp_path)
     for model_class in (CMTForSequenceClassification, CMTForPreTraining):
-        model = model_class.from_pretrained(tmp_path)
+        model = model_class.from_pretrained(tmp_path, matching_loss_weight=1.0)
         for name, tensor in model.state_dict().items():
             if tensor.is_floating_point():
                 assert torch.isfinite(tensor).all() and tensor.abs().max() < 50, name
         if model_class is CMTForPreTraining:
             assert not model.codebook_is_fitted  # a missing codebook stays zero, never garbage
-        head = model.classifier.dense.weight if model_class is CMTForSequenceClassification else model.unit_head.weight
-        assert 0.005 < head.std() < 0.05  # initializer_range=0.02, not left at torch defaults or zeros
+            heads = [model.unit_head.weight, model.matching_head.weight]
+        else:
+            heads = [model.classifier.dense.weight]
+        for head in heads:
+            assert 0.005 < head.std() < 0.05  # initializer_range=0.02, not left at torch defaults or zeros
 
 
 # --- the paper's formulas ----------------------------------------------------------------------------------------
@@ -464,11 +583,8 @@ def test_orthogonality_loss_formula():
     assert batch.item() == pytest.approx(0.5)
 
 
-def test_model_ortho_loss_uses_projected_pooled_text(make_batch):
-    config = CMTModelTester().config(
-        text_config={**load_preset("tiny")["config"]["text_config"], "hidden_size": 48, "num_attention_heads": 4}
-    )
-    model = CMTForSequenceClassification(config).eval()
+def test_model_ortho_loss_uses_projected_pooled_text(make_batch, tiny_config):
+    model = CMTForSequenceClassification(tiny_config(text_config={"hidden_size": 48})).eval()
     assert model.cmt.text_projection.weight.shape == (32, 48)
     batch = make_batch()
     with torch.no_grad():
@@ -483,8 +599,8 @@ def test_model_ortho_loss_uses_projected_pooled_text(make_batch):
     torch.testing.assert_close(base.text_pooled_output, expected_text)
 
 
-def test_layer_pooler_weights_are_a_softmax(make_batch):
-    model = CMTModel(CMTModelTester().config(pooling="layer_pooler")).eval()
+def test_layer_pooler_weights_are_a_softmax(make_batch, tiny_config):
+    model = CMTModel(tiny_config(pooling="layer_pooler")).eval()
     with torch.no_grad():
         model.layer_pooler.layer_weights.copy_(torch.tensor([0.5, -1.0]))
         outputs = model(**make_batch(), output_hidden_states=True)
@@ -495,8 +611,8 @@ def test_layer_pooler_weights_are_a_softmax(make_batch):
     torch.testing.assert_close(outputs.audio_pooled_output, masked_mean(mixed, outputs.audio_frame_mask))
 
 
-def test_cross_hidden_state_index_picks_the_pooled_state(make_batch):
-    model = CMTModel(CMTModelTester().config(cross_hidden_state_index=0)).eval()
+def test_cross_hidden_state_index_picks_the_pooled_state(make_batch, tiny_config):
+    model = CMTModel(tiny_config(cross_hidden_state_index=0)).eval()
     with torch.no_grad():
         outputs = model(**make_batch(), output_hidden_states=True)
     torch.testing.assert_close(
@@ -511,24 +627,25 @@ def test_masked_mean_ignores_padding():
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
+# `forward` checks shapes; values (NaN, too-short items, token ids) are checked where data enters: CMTProcessor and
+# the pipeline (see test_processing_cmt.py and test_pipeline_cmt.py).
 
 
 @pytest.fixture
-def tiny_model():
-    return CMTForSequenceClassification(CMTModelTester().config()).eval()
+def tiny_model(tiny_config):
+    return CMTForSequenceClassification(tiny_config()).eval()
 
 
-def test_audio_shorter_than_the_front_end_is_rejected(tiny_model, make_batch):
-    batch = make_batch(lengths=(8000, 60))
-    with pytest.raises(ValueError, match="Audio item 1 has 60 samples.*at least 325"):
-        tiny_model(**batch)
-
-
-def test_nan_audio_is_rejected(tiny_model, make_batch):
-    batch = make_batch()
-    batch["input_values"][2, 10] = float("nan")
-    with pytest.raises(ValueError, match="Audio item 2 contains NaN"):
-        tiny_model(**batch)
+def test_audio_shorter_than_the_front_end_is_rejected(tiny_model, processor):
+    with pytest.raises(ValueError, match=r"Audio item 1 is too short: 60 samples.*at least 325"):
+        processor(
+            audio=[torch.randn(8000).numpy(), torch.randn(60).numpy()],
+            text=["One.", "Two."],
+            sampling_rate=16000,
+            min_audio_samples=tiny_model.config.min_input_samples(),
+        )
+    with pytest.raises(ValueError, match=r"The audio batch has 300 samples.*needs at least 325"):
+        tiny_model(input_values=torch.randn(2, 300), input_ids=torch.zeros(2, 3, dtype=torch.long))
 
 
 def test_batch_size_mismatch_is_rejected(tiny_model, make_batch):
@@ -545,11 +662,13 @@ def test_missing_modality_input_is_rejected(tiny_model, make_batch):
         tiny_model(input_values=batch["input_values"][0], input_ids=batch["input_ids"])
 
 
-def test_token_ids_outside_the_vocabulary_are_rejected(tiny_model, make_batch):
-    batch = make_batch()
-    batch["input_ids"][0, 1] = 5000
-    with pytest.raises(ValueError, match="outside the text tower's vocabulary"):
-        tiny_model(**batch)
+def test_a_tokenizer_larger_than_the_vocabulary_is_rejected(processor, tiny_config):
+    processor.check_model_config(tiny_config())  # 400 tokens fit the tiny preset's 1000
+    with pytest.raises(
+        ValueError, match=r"The tokenizer has \d+ tokens, more than the text tower's vocabulary \(100\)"
+    ):
+        processor.check_model_config(tiny_config(text_config={"vocab_size": 100}))
+    processor.check_model_config(tiny_config(modality="audio", num_cross_layers=0, text_config={"vocab_size": 100}))
 
 
 def test_labels_out_of_range_are_rejected(tiny_model, make_batch):
@@ -557,8 +676,8 @@ def test_labels_out_of_range_are_rejected(tiny_model, make_batch):
         tiny_model(**make_batch(), labels=torch.tensor([0, 1, 4]))
 
 
-def test_regression_head(make_batch):
-    model = CMTForSequenceClassification(CMTModelTester().config(num_labels=1))
+def test_regression_head(make_batch, tiny_config):
+    model = CMTForSequenceClassification(tiny_config(num_labels=1))
     outputs = model(**make_batch(), labels=torch.tensor([-1.5, 0.0, 2.5]))
     assert outputs.logits.shape == (3, 1) and model.config.problem_type == "regression"
     torch.testing.assert_close(
@@ -566,87 +685,35 @@ def test_regression_head(make_batch):
     )
 
 
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        ({"modality": "video"}, "`modality` must be one of"),
-        ({"modality": "audio"}, "set `num_cross_layers=0`"),
-        ({"pooling": "max"}, "`pooling` must be one of"),
-        ({"pooling": "layer_pooler", "num_cross_layers": 0}, "needs `num_cross_layers` > 0"),
-        ({"cross_hidden_state_index": 5}, "`cross_hidden_state_index` must be in"),
-        ({"cross_num_attention_heads": 5}, "divisible by `cross_num_attention_heads`"),
-        ({"num_cross_layers": -1}, "must be >= 0"),
-        ({"positional_conv_implementation": "cudnn"}, "`positional_conv_implementation` must be one of"),
-        ({"feature_encoder_chunk_samples": 0}, "`feature_encoder_chunk_samples` must be a positive number"),
-        ({"ortho_weight": -0.1}, "`ortho_weight` must be >= 0"),
-        ({"audio_config": {"model_type": "bert"}}, "wav2vec2-family"),
-    ],
-)
-def test_invalid_config_values_name_the_offending_value(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        CMTModelTester().config(**overrides)
-
-
-def test_unknown_preset_lists_the_available_ones():
-    with pytest.raises(
-        ValueError, match="Unknown preset 'cmt-huge'. Available presets: cmt-4, cmt-base, cmt-large, demo, tiny"
-    ):
-        CMTConfig.from_preset("cmt-huge")
-
-
-def test_presets_describe_the_paper_models():
-    cmt4, base, large = (CMTConfig.from_preset(name) for name in ("cmt-4", "cmt-base", "cmt-large"))
-    assert cmt4.num_cross_layers == 4 and cmt4.audio_config.hidden_size == 768 and cmt4.text_config.hidden_size == 768
-    assert base.audio_config.num_hidden_layers + base.num_cross_layers == 12
-    assert large.audio_config.hidden_size == large.text_config.hidden_size == 1024
-    assert large.audio_config.do_stable_layer_norm and large.cross_layer_init == "random"
-
-
-def test_audio_top_layers_refuses_pre_ln_towers(tmp_path, tower_dirs):
-    audio_dir, text_dir = tower_dirs
-    config = HubertConfig.from_pretrained(audio_dir)
-    config.do_stable_layer_norm = True
-    HubertModel(config).save_pretrained(tmp_path / "pre_ln")
-    with pytest.raises(ValueError, match="needs a post-LN audio tower"):
-        CMTModel.from_audio_text_pretrained(
-            str(tmp_path / "pre_ln"), str(text_dir), num_cross_layers=1, cross_layer_init="audio_top_layers"
-        )
-
-
 # --- precomputed (cached) frozen-tower outputs -------------------------------------------------------------------
 
 
-def test_cached_tower_outputs_give_the_same_classification(make_batch):
-    model = CMTForSequenceClassification(CMTModelTester().config(pooling="layer_pooler")).eval()
+def test_cached_tower_outputs_give_the_same_classification(make_batch, tiny_config):
+    model = CMTForSequenceClassification(tiny_config(pooling="layer_pooler")).eval()
     batch = make_batch()
     with torch.no_grad():
         expected = model(**batch).logits
-        audio = model.cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])
-        frame_mask = model.cmt.audio_model._get_feature_vector_attention_mask(
-            audio.last_hidden_state.shape[1], batch["audio_attention_mask"]
-        )
-        text = model.cmt.text_model(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        audio = model.cmt.get_audio_features(batch["input_values"], batch["audio_attention_mask"])
+        text = model.cmt.get_text_features(batch["input_ids"], batch["attention_mask"])
         cached = model(
             audio_tower_output=audio.last_hidden_state,
-            audio_frame_mask=frame_mask,
-            text_tower_output=text,
-            attention_mask=batch["attention_mask"],
+            audio_frame_mask=audio.frame_mask,
+            text_tower_output=text.last_hidden_state,
+            attention_mask=text.attention_mask,
         ).logits
     torch.testing.assert_close(cached, expected, atol=1e-6, rtol=1e-6)
 
 
-def test_cached_pretraining_masks_the_tower_output_and_needs_unit_labels(make_batch):
-    model = fitted_pretraining_model(CMTModelTester().config(mlm_loss_weight=0.0)).eval()
+def test_cached_pretraining_masks_the_tower_output_and_needs_unit_labels(make_batch, tiny_config):
+    model = fitted_pretraining_model(tiny_config(mlm_loss_weight=0.0)).eval()
     batch = make_batch()
     with torch.no_grad():
-        states = model.cmt.audio_model(batch["input_values"], attention_mask=batch["audio_attention_mask"])[0]
-        frame_mask = model.cmt.audio_model._get_feature_vector_attention_mask(
-            states.shape[1], batch["audio_attention_mask"]
-        )
+        audio = model.cmt.get_audio_features(batch["input_values"], batch["audio_attention_mask"])
+        states, frame_mask = audio.last_hidden_state, audio.frame_mask
         units = model.assign_units(
             model.compute_unit_features(batch["input_values"], batch["audio_attention_mask"])[0]
         )
-        text = model.cmt.text_model(batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        text = model.cmt.get_text_features(batch["input_ids"], batch["attention_mask"]).last_hidden_state
         cached = {
             "audio_tower_output": states,
             "audio_frame_mask": frame_mask,
@@ -677,37 +744,3 @@ def test_cached_tower_outputs_of_the_wrong_shape_are_named(tiny_model):
             text_tower_output=torch.zeros(2, 3, 32),
             attention_mask=torch.ones(2, 4, dtype=torch.long),
         )
-
-
-def test_frozen_feature_encoder_runs_in_chunks_with_the_same_results(make_batch):
-    torch.manual_seed(0)
-    chunked = CMTForSequenceClassification(CMTModelTester.no_dropout_config(feature_encoder_chunk_samples=5000))
-    whole = CMTForSequenceClassification(CMTModelTester.no_dropout_config(feature_encoder_chunk_samples=None))
-    whole.load_state_dict(chunked.state_dict())
-    assert chunked.state_dict().keys() == whole.state_dict().keys()
-    encoder = chunked.cmt.audio_model.feature_extractor
-    assert type(encoder).__name__ == "CMTHubertFeatureEncoder"
-    calls = []
-    encoder.conv_layers[0].register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    batch = {**make_batch(), "labels": torch.tensor([0, 1, 3])}  # 8000 / 5600 / 4000 samples, padded to 8000
-
-    with torch.no_grad():  # inference: one item per chunk (5000 samples < one padded item)
-        torch.testing.assert_close(chunked.eval()(**batch).logits, whole.eval()(**batch).logits, rtol=0, atol=1e-6)
-    assert calls == [1, 1, 1]
-
-    calls.clear()  # training with the feature encoder trainable: the whole batch at once (its gradient is needed)
-    chunked.train()(**batch).loss.backward()
-    assert calls == [3]
-
-    calls.clear()  # fine-tuning default: frozen feature encoder, chunks, same loss and gradients
-    for model in (chunked, whole):
-        model.zero_grad()
-        model.freeze_feature_encoder()
-    chunked_loss, whole_loss = chunked.train()(**batch).loss, whole.train()(**batch).loss
-    assert calls == [1, 1, 1]
-    torch.testing.assert_close(chunked_loss, whole_loss, rtol=0, atol=1e-6)
-    chunked_loss.backward()
-    whole_loss.backward()
-    for (name, got), (_, want) in zip(chunked.named_parameters(), whole.named_parameters()):
-        if want.grad is not None:
-            torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-7, msg=name)

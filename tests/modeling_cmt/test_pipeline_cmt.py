@@ -2,12 +2,6 @@
 batching, regression views, ASR and audio-only fallbacks, bad inputs, and a remote-code load in a fresh process."""
 
 import json
-import os
-import struct
-import subprocess
-import sys
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +9,7 @@ import torch
 from transformers import (
     HubertConfig,
     HubertModel,
-    Wav2Vec2Config,
-    Wav2Vec2CTCTokenizer,
     Wav2Vec2FeatureExtractor,
-    Wav2Vec2ForCTC,
-    Wav2Vec2Processor,
     pipeline,
 )
 
@@ -32,29 +22,9 @@ from modeling_cmt import (
 )
 
 
-REPO = Path(__file__).resolve().parents[2]
 TASK = "audio-text-classification"
 EMOTIONS = ["ang", "hap", "neu", "sad"]
 TEXT = "I feel sad and tired, nothing went well today."
-
-
-def write_wav(path, samples, rate: int = 16000):
-    """PCM WAV: int16 written as is; a float array is written as 32-bit float (IEEE) so NaNs survive."""
-    samples = np.asarray(samples)
-    if samples.dtype == np.int16:
-        channels = 1 if samples.ndim == 1 else samples.shape[0]
-        with wave.open(str(path), "wb") as file:
-            file.setnchannels(channels)
-            file.setsampwidth(2)
-            file.setframerate(rate)
-            file.writeframes(samples.T.tobytes() if samples.ndim == 2 else samples.tobytes())
-        return path
-    data = samples.astype("<f4")
-    with open(path, "wb") as file:
-        file.write(b"RIFF" + struct.pack("<I", 36 + data.nbytes) + b"WAVE")
-        file.write(b"fmt " + struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32))
-        file.write(b"data" + struct.pack("<I", data.nbytes) + data.tobytes())
-    return path
 
 
 def noise(length: int, seed: int = 0) -> np.ndarray:
@@ -86,7 +56,8 @@ def checkpoint(tmp_path_factory, cmt_processor):
 
 @pytest.fixture(scope="module")
 def classifier(checkpoint):
-    return pipeline(TASK, model=str(checkpoint), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+    """The headline call: with the package imported, the installed pipeline runs (no `trust_remote_code`)."""
+    return pipeline(TASK, model=str(checkpoint), device="cpu")
 
 
 def expected_scores(model, processor, audio, text, sampling_rate=16000, function=torch.softmax) -> list[float]:
@@ -111,7 +82,7 @@ def assert_matches(output, expected: list[float], atol: float = 1e-5):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_every_input_form_matches_the_model_on_the_processor_output(classifier, cmt_processor, tmp_path):
+def test_every_input_form_matches_the_model_on_the_processor_output(classifier, cmt_processor, tmp_path, write_wav):
     pcm = (noise(12000) * 32767).astype(np.int16)
     path = write_wav(tmp_path / "utterance.wav", pcm)
     expected = expected_scores(classifier.model, cmt_processor, pcm, TEXT)
@@ -127,7 +98,7 @@ def test_every_input_form_matches_the_model_on_the_processor_output(classifier, 
     assert_matches(classifier(path.read_bytes(), text=TEXT), expected)
 
 
-def test_datasets_rows_and_dataset_input(classifier, cmt_processor, tmp_path):
+def test_datasets_rows_and_dataset_input(classifier, cmt_processor, tmp_path, write_wav):
     datasets = pytest.importorskip("datasets")
     pcm = (noise(9000, seed=1) * 32767).astype(np.int16)
     path = write_wav(tmp_path / "row.wav", pcm)
@@ -226,42 +197,6 @@ def test_model_registry_in_process(cmt_processor):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def asr_checkpoint(tmp_path_factory):
-    """A tiny random CTC model with a character vocabulary: it transcribes gibberish, deterministically."""
-    path = tmp_path_factory.mktemp("tiny-asr")
-    vocab = {
-        "<pad>": 0,
-        "<unk>": 1,
-        "|": 2,
-        **{char: index + 3 for index, char in enumerate("abcdefghijklmnopqrstuvwxyz")},
-    }
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), word_delimiter_token="|")
-    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, return_attention_mask=True)
-    torch.manual_seed(0)
-    config = Wav2Vec2Config(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(16, 16, 16),
-        conv_kernel=(10, 8, 4),
-        conv_stride=(5, 8, 8),
-        num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=2,
-        feat_extract_norm="layer",
-        pad_token_id=0,
-    )
-    model = Wav2Vec2ForCTC(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(50)  # sharper logits: characters rather than all blanks
-    model.save_pretrained(path)
-    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(path)
-    return path
-
-
 def test_asr_fallback_uses_exactly_the_asr_transcript(classifier, cmt_processor, asr_checkpoint):
     asr = pipeline("automatic-speech-recognition", model=str(asr_checkpoint), device="cpu")
     audio = noise(12000, seed=3)
@@ -299,7 +234,7 @@ def test_missing_transcript_is_an_error_unless_audio_only_is_allowed(classifier,
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_bad_audio_files_are_named(classifier, tmp_path):
+def test_bad_audio_files_are_named(classifier, tmp_path, write_wav):
     with pytest.raises(FileNotFoundError, match="audio file '.*missing.wav': no such file"):
         classifier(str(tmp_path / "missing.wav"), text=TEXT)
     (tmp_path / "notes.wav").write_text("this is not audio")
@@ -329,7 +264,7 @@ def test_bad_audio_arrays_are_named(classifier):
     assert classifier(noise(16000), text=TEXT, sampling_rate=16000, max_audio_seconds=None)
 
 
-def test_low_rate_stereo_int16_is_resampled_and_downmixed(classifier, cmt_processor, tmp_path):
+def test_low_rate_stereo_int16_is_resampled_and_downmixed(classifier, cmt_processor, tmp_path, write_wav):
     stereo = (np.stack([noise(8000, seed=4), noise(8000, seed=5)]) * 20000).astype(np.int16)  # (channels, samples)
     expected = expected_scores(classifier.model, cmt_processor, stereo, TEXT, sampling_rate=8000)
     assert_matches(classifier({"array": stereo, "sampling_rate": 8000}, text=TEXT), expected)
@@ -361,17 +296,23 @@ def test_only_cmt_classification_checkpoints_are_accepted(tmp_path, cmt_processo
     CMTModel(CMTConfig.from_preset("tiny")).save_pretrained(bare)
     cmt_processor.save_pretrained(bare)
     with pytest.raises(ValueError, match="was saved as CMTModel, which has no trained classification head"):
-        pipeline(TASK, model=str(bare), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+        pipeline(TASK, model=str(bare), device="cpu")
 
     hubert = tmp_path / "hubert"
     HubertModel(HubertConfig(**CMTConfig.from_preset("tiny").audio_config.to_dict())).save_pretrained(hubert)
     with pytest.raises(ValueError, match="needs a CMT classification checkpoint; .*hubert.* is a 'hubert' model"):
-        pipeline(TASK, model=str(hubert), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+        pipeline(TASK, model=str(hubert), device="cpu")
+
+    small_vocabulary = tmp_path / "small-vocabulary"  # the processor's tokenizer has 400 tokens
+    build_classifier(text_config={"vocab_size": 100}).save_pretrained(small_vocabulary)
+    cmt_processor.save_pretrained(small_vocabulary)
+    with pytest.raises(ValueError, match=r"The tokenizer has \d+ tokens, more than the text tower's vocabulary"):
+        pipeline(TASK, model=str(small_vocabulary), device="cpu")
 
     no_processor = tmp_path / "no-processor"
     build_classifier().save_pretrained(no_processor)
     with pytest.raises(ValueError, match="No tokenizer and feature extractor found"):
-        pipeline(TASK, model=str(no_processor), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+        pipeline(TASK, model=str(no_processor), device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -393,42 +334,51 @@ def test_classification_checkpoints_carry_the_pipeline(checkpoint, tmp_path):
     assert "custom_pipelines" not in json.loads((tmp_path / "config.json").read_text())
 
 
-FRESH_PROCESS = r"""
+WITHOUT_THE_PACKAGE = r"""
 import json, sys
-repo = sys.argv[2]
-sys.path = [entry for entry in sys.path if entry and not entry.startswith(repo)]
 sys.modules["modeling_cmt"] = None  # everything must come from the checkpoint's own code
 import numpy as np
 from transformers import pipeline
 
 classifier = pipeline("audio-text-classification", model=sys.argv[1], trust_remote_code=True, device="cpu")
+"""
+WITH_THE_PACKAGE = r"""
+import json, sys
+import numpy as np
+import modeling_cmt  # the installed package registers the task
+from transformers import pipeline
+
+classifier = pipeline("audio-text-classification", model=sys.argv[1], device="cpu")
+"""
+CLASSIFY = r"""
 audio = np.load(sys.argv[1] + "/audio.npy")
-outputs = classifier([{"array": audio, "sampling_rate": 16000}] * 2, text=[sys.argv[3], ""], allow_audio_only=True)
-print(json.dumps({"pipeline": type(classifier).__module__, "model": type(classifier.model).__module__, "outputs": outputs}))
+outputs = classifier([{"array": audio, "sampling_rate": 16000}] * 2, text=[sys.argv[2], ""], allow_audio_only=True)
+remote = sorted(name for name in sys.modules if name.startswith("transformers_modules"))
+print(json.dumps({"pipeline": type(classifier).__module__, "model": type(classifier.model).__module__, "remote": remote,
+                  "outputs": outputs}))
 """
 
 
-def test_fresh_process_pipeline_with_trust_remote_code(classifier, checkpoint, tmp_path):
+@pytest.mark.parametrize("installed", [True, False], ids=["with-package", "remote-code"])
+def test_fresh_process_pipeline(classifier, checkpoint, tmp_path, fresh_python, installed):
+    """`pipeline(task, model=path)` runs the installed code once the package is imported; without the package,
+    `trust_remote_code=True` runs the code the checkpoint carries."""
     audio = noise(10000, seed=7)
     np.save(checkpoint / "audio.npy", audio)
     expected = [
         classifier({"array": audio, "sampling_rate": 16000}, text=TEXT),
         classifier({"array": audio, "sampling_rate": 16000}, allow_audio_only=True),
     ]
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error")
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(checkpoint), str(REPO), TEXT],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    script = (WITH_THE_PACKAGE if installed else WITHOUT_THE_PACKAGE) + CLASSIFY
+    result = fresh_python(script, checkpoint, TEXT, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
-    assert fresh["pipeline"].startswith("transformers_modules") and fresh["pipeline"].endswith("pipeline_cmt")
-    assert fresh["model"].startswith("transformers_modules")
+    if installed:
+        assert fresh["pipeline"] == "modeling_cmt.pipeline_cmt" and fresh["model"] == "modeling_cmt.modeling_cmt"
+        assert fresh["remote"] == []  # no code from the checkpoint ran
+    else:
+        assert fresh["pipeline"].startswith("transformers_modules") and fresh["pipeline"].endswith("pipeline_cmt")
+        assert fresh["model"].startswith("transformers_modules")
     for got, want in zip(fresh["outputs"], expected):
         assert [entry["label"] for entry in got] == [entry["label"] for entry in want]
         np.testing.assert_allclose([e["score"] for e in got], [e["score"] for e in want], atol=1e-6)

@@ -2,23 +2,17 @@
 
 import csv
 import json
-import struct
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import (
-    Wav2Vec2Config,
-    Wav2Vec2CTCTokenizer,
     Wav2Vec2FeatureExtractor,
-    Wav2Vec2ForCTC,
-    Wav2Vec2Processor,
     pipeline,
 )
 
-from modeling_cmt import AudioTextClassificationPipeline, CMTConfig, CMTForSequenceClassification, CMTProcessor
+from modeling_cmt import CMTConfig, CMTForSequenceClassification, CMTProcessor
 from modeling_cmt.predict import main
 
 
@@ -35,24 +29,6 @@ CORPUS_ROWS = [
     ("audio/good2.wav", TEXTS[1]),
     ("audio/nan.wav", TEXTS[1]),
 ]
-
-
-def write_wav(path, samples, rate: int = 16000):
-    """16-bit PCM for int16 samples, 32-bit float (IEEE) otherwise so NaNs survive."""
-    samples = np.asarray(samples)
-    if samples.dtype == np.int16:
-        with wave.open(str(path), "wb") as file:
-            file.setnchannels(1)
-            file.setsampwidth(2)
-            file.setframerate(rate)
-            file.writeframes(samples.tobytes())
-        return path
-    data = samples.astype("<f4")
-    with open(path, "wb") as file:
-        file.write(b"RIFF" + struct.pack("<I", 36 + data.nbytes) + b"WAVE")
-        file.write(b"fmt " + struct.pack("<IHHIIHH", 16, 3, 1, rate, rate * 4, 4, 32))
-        file.write(b"data" + struct.pack("<I", data.nbytes) + data.tobytes())
-    return path
 
 
 def pcm(length: int, seed: int) -> np.ndarray:
@@ -74,11 +50,11 @@ def checkpoint(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def classifier(checkpoint):
-    return pipeline(TASK, model=str(checkpoint), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+    return pipeline(TASK, model=str(checkpoint), device="cpu")
 
 
 @pytest.fixture
-def corpus(tmp_path):
+def corpus(tmp_path, write_wav):
     """A manifest with two good rows and four bad ones (missing, undecodable, too short, NaN)."""
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
@@ -102,7 +78,7 @@ def read_csv(path):
         return list(csv.DictReader(file))
 
 
-def test_manifest_to_csv_reports_bad_rows_and_resumes(checkpoint, classifier, corpus, tmp_path, capsys):
+def test_manifest_to_csv_reports_bad_rows_and_resumes(checkpoint, classifier, corpus, tmp_path, capsys, write_wav):
     output = tmp_path / "predictions.csv"
     argv = [str(checkpoint), str(corpus), "--output", str(output), "--batch_size", "4", "--device", "cpu"]
     assert main(argv) == 1  # some rows failed
@@ -154,7 +130,7 @@ def test_manifest_to_csv_reports_bad_rows_and_resumes(checkpoint, classifier, co
     assert len(read_csv(output)) == 7
 
 
-def test_directory_and_glob_to_jsonl_with_sidecar_transcripts(checkpoint, classifier, tmp_path, capsys):
+def test_directory_and_glob_to_jsonl_with_sidecar_transcripts(checkpoint, classifier, tmp_path, capsys, write_wav):
     recordings = tmp_path / "recordings"
     (recordings / "session1").mkdir(parents=True)
     write_wav(recordings / "session1" / "a.wav", pcm(8000, 1))
@@ -183,7 +159,7 @@ def test_directory_and_glob_to_jsonl_with_sidecar_transcripts(checkpoint, classi
     assert "1 rows: 1 classified, 0 failed" in capsys.readouterr().out
 
 
-def test_jsonl_manifest_with_bad_transcripts_and_long_audio(checkpoint, tmp_path):
+def test_jsonl_manifest_with_bad_transcripts_and_long_audio(checkpoint, tmp_path, write_wav):
     write_wav(tmp_path / "a.wav", pcm(8000, 1))
     write_wav(tmp_path / "long.wav", pcm(32000, 2))
     manifest = tmp_path / "manifest.jsonl"
@@ -207,7 +183,7 @@ def test_jsonl_manifest_with_bad_transcripts_and_long_audio(checkpoint, tmp_path
     assert not records[3]["error"]
 
 
-def test_existing_output_of_another_model_is_never_overwritten(checkpoint, tmp_path):
+def test_existing_output_of_another_model_is_never_overwritten(checkpoint, tmp_path, write_wav):
     write_wav(tmp_path / "a.wav", pcm(8000, 1))
     (tmp_path / "a.txt").write_text(TEXTS[0])
     output = tmp_path / "out.csv"
@@ -229,39 +205,24 @@ def test_console_script(capsys):
     assert exit_info.value.code == 0 and "--batch_size" in capsys.readouterr().out
 
 
-def test_regression_checkpoint_with_asr_transcripts(tmp_path, tokenizer):
+def test_regression_checkpoint_with_asr_transcripts(tmp_path, tokenizer, write_wav, asr_checkpoint):
     regressor = tmp_path / "cmt-sentiment"
     torch.manual_seed(0)
     CMTForSequenceClassification(CMTConfig.from_preset("tiny", num_labels=1)).save_pretrained(regressor)
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, return_attention_mask=True)
     CMTProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(regressor)
 
-    asr_dir = tmp_path / "tiny-asr"  # random character CTC model: a deterministic gibberish transcript
-    asr_dir.mkdir()
-    (asr_dir / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1, "|": 2, "a": 3, "b": 4, "c": 5}))
-    asr_config = Wav2Vec2Config(
-        vocab_size=6, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(16, 16), conv_kernel=(10, 8), conv_stride=(5, 64), num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", pad_token_id=0,
-    )  # fmt: skip
-    asr_model = Wav2Vec2ForCTC(asr_config)
-    with torch.no_grad():
-        asr_model.lm_head.weight.mul_(50)
-    asr_model.save_pretrained(asr_dir)
-    tokenizer_ctc = Wav2Vec2CTCTokenizer(str(asr_dir / "vocab.json"), word_delimiter_token="|")
-    Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer_ctc).save_pretrained(asr_dir)
-
     write_wav(tmp_path / "a.wav", pcm(12000, 1))
     output = tmp_path / "sentiment.jsonl"
-    assert main([str(regressor), str(tmp_path / "a.wav"), "-o", str(output), "--asr_model", str(asr_dir)]) == 0
+    assert main([str(regressor), str(tmp_path / "a.wav"), "-o", str(output), "--asr_model", str(asr_checkpoint)]) == 0
     (record,) = [json.loads(line) for line in output.read_text().splitlines()]
     columns = ["row", "audio", "text", "text_source", "score", "sentiment_class", "polarity", "audio_only", "error"]
     assert list(record) == columns
-    asr = pipeline("automatic-speech-recognition", model=str(asr_dir), device="cpu")
+    asr = pipeline("automatic-speech-recognition", model=str(asr_checkpoint), device="cpu")
     waveform = pcm(12000, 1).astype(np.float32) / 32768
     assert record["text"] == asr({"raw": waveform, "sampling_rate": 16000})["text"].strip()
     assert record["text"] and record["text_source"] == "asr" and record["audio_only"] is False
-    classifier = pipeline(TASK, model=str(regressor), pipeline_class=AudioTextClassificationPipeline, device="cpu")
+    classifier = pipeline(TASK, model=str(regressor), device="cpu")
     expected = classifier({"array": waveform, "sampling_rate": 16000}, text=record["text"])
     assert record["score"] == pytest.approx(expected["score"], abs=1e-6)
     assert record["sentiment_class"] == expected["sentiment_class"] and record["polarity"] == expected["polarity"]

@@ -95,3 +95,14 @@ def test_bad_input_is_named(processor, kwargs, message):
     kwargs = {"sampling_rate": 16000, **kwargs} if "audio" in kwargs else kwargs
     with pytest.raises(ValueError, match=message):
         processor(**kwargs)
+
+
+def test_items_too_short_for_the_model_are_named_after_resampling(processor, tiny_config):
+    min_samples = tiny_config().min_input_samples()  # 325 at 16 kHz
+    fits = processor(audio=np.ones(200, np.float32), sampling_rate=8000, min_audio_samples=min_samples)
+    assert fits["input_values"].shape == (1, 400)
+    with pytest.raises(ValueError, match=r"Audio item 1 is too short: 300 samples at 16000 Hz \(18.8 ms\), .* 325"):
+        processor(
+            audio=[np.ones(200, np.float32), np.ones(150, np.float32)], sampling_rate=8000, min_audio_samples=325
+        )
+    assert processor(audio=np.ones(150, np.float32), sampling_rate=8000)["input_values"].shape == (1, 300)

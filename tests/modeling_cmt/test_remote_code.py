@@ -2,10 +2,6 @@
 the package, and reproduces the logits."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,12 +10,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from modeling_cmt import CMTConfig, CMTForSequenceClassification, CMTModel
 
 
-REPO = Path(__file__).resolve().parents[2]
-
 FRESH_PROCESS = r"""
 import json, sys
-repo = sys.argv[2]
-sys.path = [entry for entry in sys.path if entry and not entry.startswith(repo)]
 sys.modules["modeling_cmt"] = None  # everything must come from the checkpoint's own code
 import numpy as np, torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoProcessor
@@ -42,12 +34,12 @@ print(json.dumps({
 """
 
 
-def test_fresh_process_loads_with_trust_remote_code(tmp_path, processor):
+def test_fresh_process_loads_with_trust_remote_code(tmp_path, processor, fresh_python):
     checkpoint = tmp_path / "cmt-tiny"
     model = CMTForSequenceClassification(CMTConfig.from_preset("tiny", num_labels=4)).eval()
     model.save_pretrained(checkpoint)
     processor.save_pretrained(checkpoint)
-    for name in ("modeling_cmt.py", "configuration_cmt.py", "processing_cmt.py"):
+    for name in ("modeling_cmt.py", "configuration_cmt.py", "tower_patches.py", "processing_cmt.py"):
         assert (checkpoint / name).is_file(), name
     auto_map = json.loads((checkpoint / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModel"] == "modeling_cmt.CMTModel"
@@ -60,16 +52,7 @@ def test_fresh_process_loads_with_trust_remote_code(tmp_path, processor):
         expected_logits = model(**inputs).logits
         expected_pooled = model.cmt(**inputs).audio_pooled_output
 
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), TRANSFORMERS_VERBOSITY="error")
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(checkpoint), str(REPO)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = fresh_python(FRESH_PROCESS, checkpoint, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     modules = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(modules[key].startswith("transformers_modules") for key in ("config", "processor", "classifier"))
