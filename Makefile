@@ -9,6 +9,9 @@ VENV ?= $(HOME)/.cache/cmt/venv-$(SETUP_HASH)
 PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg espeak-ng
 PYTEST_ARGS ?=
+# OpenMP threads sleep while they wait instead of spinning, so that a second CPU-bound process (another job, a test
+# run) does not slow every step down many times over (README, "Threads"). Set OMP_WAIT_POLICY=ACTIVE to override.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help system-deps venv test lint quickstart demo
 

@@ -19,12 +19,18 @@ towers and GPUs (README, "Reproduce the paper"). Finished steps are cached in th
     python examples/demo.py --smoke           # seconds: tiny everything, same code path
 """
 
+import os
+
+
+# OpenMP threads that spin while they wait starve any other CPU-bound process (and are starved by it): a train step
+# then runs many times slower. Waiting threads sleep instead; this must be set before torch loads (README, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import contextlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys

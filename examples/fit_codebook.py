@@ -11,6 +11,13 @@ codebook, processor) for `run_pretrain.py --model_name_or_path`.
     python examples/fit_codebook.py --preset tiny --task synthetic_emotion --output_dir runs/codebook   # CPU, seconds
 """
 
+import os
+
+
+# OpenMP threads that spin while they wait starve any other CPU-bound process (and are starved by it): a train step
+# then runs many times slower. Waiting threads sleep instead; this must be set before torch loads (README, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import logging
 from pathlib import Path
 

@@ -18,6 +18,13 @@ Arguments may also come from one JSON file: `python examples/run_finetune.py con
 versions, commit); a multi-fold run adds the mean ± std over folds.
 """
 
+import os
+
+
+# OpenMP threads that spin while they wait starve any other CPU-bound process (and are starved by it): a train step
+# then runs many times slower. Waiting threads sleep instead; this must be set before torch loads (README, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import logging
 import time
 from pathlib import Path

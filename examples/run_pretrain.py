@@ -21,6 +21,13 @@ TAPT is the same script pointed at a task's training split (labels unused; the f
         --data_dir IEMOCAP_full_release --test_fold 1 --stage 2 --output_dir runs/tapt-iemocap-fold1
 """
 
+import os
+
+
+# OpenMP threads that spin while they wait starve any other CPU-bound process (and are starved by it): a train step
+# then runs many times slower. Waiting threads sleep instead; this must be set before torch loads (README, "Threads").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import itertools
 import logging
 import time
