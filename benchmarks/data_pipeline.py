@@ -28,10 +28,11 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from cmt_training.arguments import CMTTrainingArguments, ModelArguments
 from cmt_training.build import build_processor
 from cmt_training.data import SAMPLING_RATE, AudioTextCollator, prepare_split
+from modeling_cmt import CMTConfig
 
 from .corpora import datasets_caching_disabled, iemocap_like_seconds, length_matched_corpus, synthetic_corpus
 from .finetune_throughput import decoded_on_the_fly
-from .models import audio_frames, build_classifier, preset_config, train_step_function
+from .models import build_classifier, train_step_function
 from .reporting import Result
 from .settings import Settings
 from .timing import interleaved, median
@@ -99,7 +100,7 @@ def run(settings: Settings) -> Result:
 
     result = Result(NAME, TITLE)
     details = {"batch_size": BATCH_SIZE}
-    frames_config = preset_config("cmt-4")
+    frames_config = CMTConfig.from_preset("cmt-4")
     max_samples = int(MAX_AUDIO_SECONDS * SAMPLING_RATE)
 
     # Padding per batching policy
@@ -110,7 +111,7 @@ def run(settings: Settings) -> Result:
         ("synthetic", synthetic_seconds),
     ):
         samples = np.minimum((durations * SAMPLING_RATE).astype(int), max_samples)
-        frames = np.array([audio_frames(frames_config, int(n)) for n in samples])
+        frames = np.array([frames_config.audio_frames(int(n)) for n in samples])
         padding = padding_by_policy(frames, BATCH_SIZE)
         for policy, share in padding.items():
             result.add(f"padding, {corpus_name} ({len(frames)} utt.), batch {BATCH_SIZE}: {policy}", 100 * share, "%")

@@ -13,7 +13,7 @@ import torch
 from cmt_training.data import SAMPLING_RATE
 
 from .flops import attention_flops, count_flops
-from .models import audio_frames, build_classifier, forward_function, random_batch, train_step_function
+from .models import build_classifier, forward_function, random_batch, train_step_function
 from .profiles import top_operators
 from .reporting import Result
 from .settings import Settings
@@ -39,7 +39,7 @@ def run(settings: Settings) -> Result:
     forward_flops, forward_by_operator = count_flops(forward)
     train_flops, train_by_operator = count_flops(train_step)
 
-    frames = audio_frames(config, samples)
+    frames = config.audio_frames(samples)
     hidden, intermediate = config.audio_config.hidden_size, config.audio_config.intermediate_size
     rounds = {"peak": [], "gemm": [], "forward": [], "train_step": []}
     for _ in range(settings.repeats):

@@ -7,24 +7,13 @@ from typing import Any
 import torch
 
 from cmt_training.arguments import CMTTrainingArguments
-from modeling_cmt import CMTConfig, CMTForSequenceClassification, load_preset
+from modeling_cmt import CMTConfig, CMTForSequenceClassification
 
 from .flops import attention_flops, count_flops
 from .isolation import peak_memory, reset_peak_memory
 from .profiles import top_operators
 from .settings import Runtime
 from .timing import median, timed
-
-
-def preset_config(preset: str, *, audio: dict | None = None, text: dict | None = None, **overrides) -> CMTConfig:
-    """A preset's config with optional tower overrides (e.g. fewer layers) and top-level overrides."""
-    values = load_preset(preset)["config"]
-    values = {
-        **values,
-        "audio_config": {**values["audio_config"], **(audio or {})},
-        "text_config": {**values["text_config"], **(text or {})},
-    }
-    return CMTConfig(**{**values, "num_labels": 4, **overrides})
 
 
 def build_classifier(
@@ -35,21 +24,15 @@ def build_classifier(
     seed: int = 0,
     **overrides,
 ) -> CMTForSequenceClassification:
-    """A random-weight classifier on `runtime`'s device, set up as the package's fine-tuning defaults set it up
-    (sdpa attention, frozen convolutional feature encoder) unless told otherwise."""
+    """A random-weight 4-class classifier of `preset` on `runtime`'s device, set up as the package's fine-tuning
+    defaults set it up (sdpa attention, frozen convolutional feature encoder) unless told otherwise. `overrides` go to
+    `CMTConfig.from_preset` (an `audio_config` dict changes single values of the audio tower)."""
     torch.manual_seed(seed)
-    config = preset_config(preset, attn_implementation=attn_implementation, **overrides)
+    config = CMTConfig.from_preset(preset, num_labels=4, attn_implementation=attn_implementation, **overrides)
     model = CMTForSequenceClassification(config).to(runtime.device)
     if freeze_feature_encoder:
         model.freeze_feature_encoder()
     return model
-
-
-def audio_frames(config: CMTConfig, samples: int) -> int:
-    """Frames the audio tower's convolutional front end makes of `samples` samples."""
-    for kernel, stride in zip(config.audio_config.conv_kernel, config.audio_config.conv_stride):
-        samples = (samples - kernel) // stride + 1
-    return max(samples, 0)
 
 
 def random_batch(
@@ -136,7 +119,7 @@ def measure_train_step(
         torch.set_num_threads(threads)
     runtime = Runtime(device, dtype)
     baseline = reset_peak_memory(runtime)
-    model = build_classifier(preset, runtime, audio=audio_overrides, **(overrides or {}))
+    model = build_classifier(preset, runtime, audio_config=audio_overrides or {}, **(overrides or {}))
     if activation_checkpointing:
         model.activation_checkpointing_enable()
     batch = runtime.to_device(random_batch(model.config, sample_lengths, text_tokens))

@@ -15,7 +15,7 @@ import torch
 
 from cmt_training.data import SAMPLING_RATE
 from cmt_training.results import write_json
-from modeling_cmt.modeling_cmt import fft_grouped_conv1d
+from modeling_cmt.tower_patches import fft_grouped_conv1d
 
 from .flops import count_flops
 from .models import build_classifier, forward_function, random_batch, train_step_function
