@@ -168,11 +168,25 @@ def check_resume_per_fold(resume_from_checkpoint, folds: list) -> None:
         )
 
 
+def check_writable(output_dir: Path) -> None:
+    """Creates `output_dir` if needed and checks that files can be written there, before any model is loaded."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(
+            f"--output_dir {output_dir} cannot be written to ({error.strerror or error}): pass a folder you can write."
+        ) from error
+
+
 def check_output_dir(args):
     """Refuse to write into a folder holding earlier results unless told to resume or to overwrite; overwriting
     first removes (and names) what earlier runs left there, so no old checkpoint can be resumed by mistake."""
     output_dir = Path(args.output_dir)
-    if not output_dir.is_dir() or getattr(args, "resume_from_checkpoint", None):
+    check_writable(output_dir)
+    if getattr(args, "resume_from_checkpoint", None):
         return
     existing = sorted(
         path for path in output_dir.iterdir() if path.name.startswith(RUN_OUTPUT_FOLDERS) or path.name in RUN_OUTPUTS

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.cluster import MiniBatchKMeans
+from tqdm.auto import tqdm
 from transformers import set_seed
 
 from cmt_training.arguments import CodebookArguments, DataArguments, ModelArguments, parse_args
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> Path:
     # Features at the codebook layer, real frames only
     collator = AudioTextCollator(processor)
     chunks = []
-    for start in range(0, len(prepared), args.batch_size):
+    for start in tqdm(range(0, len(prepared), args.batch_size), desc="codebook-layer features", unit="batch"):
         batch = collator([prepared[index] for index in range(start, min(start + args.batch_size, len(prepared)))])
         features, frame_mask = model.compute_unit_features(batch["input_values"], batch["audio_attention_mask"])
         chunks.append(

@@ -160,7 +160,14 @@ def read_labels(labels_file: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """
     if not h5py.is_hdf5(labels_file):
         raise ValueError(f"{labels_file} is not an HDF5 file, so not a computational sequence (.csd).")
-    with h5py.File(labels_file, "r") as csd:
+    try:
+        csd = h5py.File(labels_file, "r")
+    except OSError as error:  # e.g. "truncated file: eof = ..., stored_eof = ...": an interrupted download or copy
+        raise ValueError(
+            f"{labels_file} cannot be read as HDF5 ({error}); it is probably truncated or corrupt: copy it again from "
+            "the CMU-MOSEI release."
+        ) from error
+    with csd:
         roots = [name for name in csd if isinstance(csd[name], h5py.Group) and "data" in csd[name]]
         if not roots:
             raise ValueError(

@@ -167,6 +167,15 @@ def test_bad_task_arguments_are_named(run_script, word_dataset, tmp_path, argume
         run_script("run_finetune", *arguments, *TINY, "--output_dir", tmp_path / "run")
 
 
+def test_an_output_dir_under_a_file_is_refused_before_the_model_loads(run_script, word_dataset, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"--output_dir .*a_file/run cannot be written to"):
+        run_script(
+            "run_finetune", "--task", "dataset", "--dataset_path", word_dataset, *TINY,
+            "--output_dir", tmp_path / "a_file" / "run",
+        )  # fmt: skip
+
+
 def test_a_non_cmt_checkpoint_is_refused(run_script, word_dataset, tmp_path):
     HubertModel(
         HubertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)

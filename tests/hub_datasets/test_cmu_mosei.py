@@ -137,6 +137,13 @@ def test_labels_file_that_is_not_a_csd(mosei_dir, tmp_path):
         load_cmu_mosei(mosei_dir, cache_dir=tmp_path / "cache")
 
 
+def test_a_truncated_labels_file_is_named(mosei_dir, tmp_path):
+    labels = mosei_dir / "CMU_MOSEI_Labels.csd"
+    labels.write_bytes(labels.read_bytes()[: labels.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=f"{labels} cannot be read as HDF5.*truncated or corrupt"):
+        load_cmu_mosei(mosei_dir, cache_dir=tmp_path / "cache")
+
+
 def test_label_outside_the_known_range_raises(mosei_dir, mosei_layout, tmp_path):
     videos, _, _ = mosei_layout
     video_id = next(iter(videos))
