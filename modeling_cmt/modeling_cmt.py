@@ -36,7 +36,7 @@ from transformers.utils.output_capturing import (
 )
 
 from .configuration_cmt import CMTConfig, load_preset, merge_config_values
-from .tower_patches import fft_grouped_conv1d, patch_audio_tower  # noqa: F401 (benchmarks/probes.py imports it here)
+from .tower_patches import patch_audio_tower
 
 
 logger = logging.get_logger(__name__)
