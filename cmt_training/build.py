@@ -6,10 +6,9 @@ from pathlib import Path
 
 from transformers import AutoConfig, RobertaTokenizerFast, Wav2Vec2FeatureExtractor
 
-from modeling_cmt import CMTConfig, CMTProcessor, load_preset
+from modeling_cmt import SAMPLING_RATE, CMTConfig, CMTProcessor
 
 from .arguments import ModelArguments
-from .data import SAMPLING_RATE
 
 
 def build_bpe_tokenizer(
@@ -88,9 +87,9 @@ def build_model(model_class, model_args: ModelArguments, processor: CMTProcessor
             model_args.audio_model_name_or_path, model_args.text_model_name_or_path, **config_kwargs
         )
     else:
-        preset = load_preset(model_args.preset)["config"]
-        text_config = {**preset["text_config"], "vocab_size": len(processor.tokenizer)}
-        model = model_class(CMTConfig(**{**preset, "text_config": text_config, **config_kwargs}))
+        text_config = {"vocab_size": len(processor.tokenizer)}
+        model = model_class(CMTConfig.from_preset(model_args.preset, text_config=text_config, **config_kwargs))
+    processor.check_model_config(model.config)
     if model_args.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if model_args.freeze_towers:

@@ -8,11 +8,9 @@ import torch
 from datasets import Audio, Dataset, IterableDataset
 from transformers import DataCollatorForLanguageModeling
 
-from modeling_cmt import CMTProcessor
+from modeling_cmt import SAMPLING_RATE, CMTProcessor
 
 
-# The rate every corpus is resampled to when it is prepared: the towers' (HuBERT's) input rate.
-SAMPLING_RATE = 16000
 # Columns a prepared split keeps besides the decoded audio (the rest of a corpus's columns are dropped).
 KEPT_COLUMNS = ("text", "waveform", "length", "labels", "id", "speaker", "session", "item_type")
 
@@ -40,16 +38,20 @@ def prepare_split(dataset: Dataset, label_column: str | None, max_audio_seconds:
 
 @dataclass
 class AudioTextCollator:
-    """Pads audio (sample-level mask) and text (token mask) with the processor; attaches `labels` if present."""
+    """Pads audio (sample-level mask) and text (token mask) with the processor, which checks every item's values
+    (`min_audio_samples`: the model's `config.min_input_samples()`, the shortest audio its front end takes), and
+    attaches `labels` if present."""
 
     processor: CMTProcessor
     regression: bool = False
+    min_audio_samples: int | None = None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.processor(
             audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows],
             text=[row["text"] for row in rows],
             sampling_rate=SAMPLING_RATE,
+            min_audio_samples=self.min_audio_samples,
             return_tensors="pt",
         )
         batch = dict(batch)
@@ -65,9 +67,10 @@ class PretrainingCollator:
 
     processor: CMTProcessor
     mlm_probability: float = 0.15
+    min_audio_samples: int | None = None
 
     def __post_init__(self):
-        self.pairs = AudioTextCollator(self.processor)
+        self.pairs = AudioTextCollator(self.processor, min_audio_samples=self.min_audio_samples)
         self.masker = DataCollatorForLanguageModeling(self.processor.tokenizer, mlm_probability=self.mlm_probability)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:

@@ -227,24 +227,25 @@ def _tower_outputs(model: CMTPreTrainedModel, processor: CMTProcessor, rows: lis
         audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows] if cmt.audio_model is not None else None,
         text=[row["text"] for row in rows] if cmt.text_model is not None else None,
         sampling_rate=SAMPLING_RATE,
+        min_audio_samples=model.config.min_input_samples() if cmt.audio_model is not None else None,
         return_tensors="pt",
     )
     inputs = {key: value.to(device) for key, value in inputs.items()}
     outputs = [{} for _ in rows]
     if cmt.text_model is not None:
-        text = cmt.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        text = cmt.get_text_features(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state
         tokens = inputs["attention_mask"].sum(-1).tolist()
         for index, item in enumerate(outputs):
             item["text_tower_output"] = text[index, : tokens[index]].float().cpu().numpy()
             item["length"] = int(tokens[index])
     if cmt.audio_model is not None:
         with_units = _uses_unit_targets(model)
-        audio = cmt.audio_model(
-            inputs["input_values"].to(cmt.audio_model.dtype),
-            attention_mask=inputs["audio_attention_mask"],
-            output_hidden_states=with_units,
+        audio = cmt.get_audio_features(
+            inputs["input_values"],
+            inputs["audio_attention_mask"],
+            output_hidden_states=[model.config.codebook_layer] if with_units else None,
         )
-        frames = cmt.audio_model._get_feat_extract_output_lengths(inputs["audio_attention_mask"].sum(-1)).tolist()
+        frames = audio.frame_mask.sum(-1).tolist()
         units = model.assign_units(audio.hidden_states[model.config.codebook_layer]) if with_units else None
         for index, item in enumerate(outputs):
             item["audio_tower_output"] = audio.last_hidden_state[index, : frames[index]].float().cpu().numpy()

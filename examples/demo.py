@@ -88,6 +88,7 @@ ROWS = [
     ("CMT + ortho", "CMT-4 PT + Ortho", "tapt", ["--ortho_weight", "0.1"]),
 ]
 CMT_ROWS = ("CMT (PT + TAPT)", "CMT + layer pooler", "CMT + ortho")
+MATCHING_LOSS_WEIGHT = 0.5
 
 PREDICT = r"""
 import json, sys
@@ -178,14 +179,16 @@ class Demo:
                 shutil.rmtree(codebook)
             started = time.time()
             script = importlib.import_module("fit_codebook")
+            # The codebook checkpoint starts pretraining, so it carries the heads of the losses pretraining uses.
             argv = ["--preset", s["preset"], *pairs, "--codebook_size", "32",
+                    "--config_overrides", f"matching_loss_weight={MATCHING_LOSS_WEIGHT}",
                     "--max_audio_seconds", str(s["max_audio_seconds"]), "--output_dir", str(codebook)]  # fmt: skip
             with (self.logs / "codebook.log").open("w") as handle, contextlib.redirect_stdout(handle):
                 script.main(argv)
             self.timings["codebook"] = round(time.time() - started, 1)
         pretrained = self.step(
             "pretrain", "run_pretrain",
-            ["--model_name_or_path", codebook, *pairs, *self.training(), "--stage", "both", "--matching_loss_weight", "0.5",
+            ["--model_name_or_path", codebook, *pairs, *self.training(), "--stage", "both", "--matching_loss_weight", MATCHING_LOSS_WEIGHT,
              "--num_train_epochs", s["pretrain_epochs"]],
             runs / "pretrain",
         )  # fmt: skip

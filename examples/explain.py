@@ -120,12 +120,16 @@ def explain(model, processor, audio, text: str, sampling_rate: int | None = None
     check_waveform(waveform, rate, item.name, max_audio_seconds=None)
 
     def prepare(waveform, text):
-        inputs = processor(audio=waveform, text=text, sampling_rate=rate, return_tensors="pt")
-        num_samples, min_samples = inputs["input_values"].shape[-1], model.base_model.min_input_samples()
-        if num_samples < min_samples:
-            raise ValueError(
-                f"{item.name} is too short: {num_samples} samples, the audio tower needs at least {min_samples}."
+        try:
+            inputs = processor(
+                audio=waveform,
+                text=text,
+                sampling_rate=rate,
+                min_audio_samples=model.config.min_input_samples(),
+                return_tensors="pt",
             )
+        except ValueError as error:
+            raise ValueError(f"{item.name}: {error}") from error
         return inputs.to(device)
 
     inputs = prepare(waveform, text)
@@ -139,7 +143,7 @@ def explain(model, processor, audio, text: str, sampling_rate: int | None = None
         per_token = layer_attention[0].float().mean(dim=0).cpu()  # (frames, tokens), heads averaged
         per_word = torch.stack([per_token[:, group].sum(dim=-1) for group in groups], dim=-1)  # (frames, words)
         heatmaps.append(per_word.numpy())
-    frames = int(model.base_model.audio_model._get_feat_extract_output_lengths(inputs["input_values"].shape[-1]))
+    frames = model.config.audio_frames(inputs["input_values"].shape[-1])
     samples_per_frame = int(np.prod(model.config.audio_config.conv_stride))
     pooler_weights = outputs.layer_pooler_weights
 

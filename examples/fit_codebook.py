@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = build_model(CMTForPreTraining, model_args, processor, **overrides).eval()
 
     # Features at the codebook layer, real frames only
-    collator = AudioTextCollator(processor)
+    collator = AudioTextCollator(processor, min_audio_samples=model.config.min_input_samples())
     chunks = []
     for start in tqdm(range(0, len(prepared), args.batch_size), desc="codebook-layer features", unit="batch"):
         batch = collator([prepared[index] for index in range(start, min(start + args.batch_size, len(prepared)))])

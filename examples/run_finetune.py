@@ -104,7 +104,9 @@ def train_and_test_fold(
         )
 
     # Frozen towers: run them once and train the cross-modal layers and the head on their cached outputs
-    collator, trained_on = AudioTextCollator(processor, regression=task.regression), prepared
+    min_samples = model.config.min_input_samples() if model.base_model.audio_model is not None else None
+    collator = AudioTextCollator(processor, regression=task.regression, min_audio_samples=min_samples)
+    trained_on = prepared
     if cache_args.cache_tower_outputs:
         if not model_args.freeze_towers:
             raise ValueError(

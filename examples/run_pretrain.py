@@ -105,7 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
             "This checkpoint has no fitted codebook for masked acoustic unit prediction: run examples/fit_codebook.py "
             "first and pass its output as --model_name_or_path (or set --unit_loss_weight 0)."
         )
-    collator = PretrainingCollator(processor, mlm_probability=pretraining_args.mlm_probability)
+    collator = PretrainingCollator(
+        processor,
+        mlm_probability=pretraining_args.mlm_probability,
+        min_audio_samples=model.config.min_input_samples(),
+    )
 
     # Stage-wise training
     stages = STAGES[pretraining_args.stage]

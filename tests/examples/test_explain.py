@@ -62,7 +62,7 @@ def test_explain_writes_png_and_json_matching_the_input(tmp_path, tokenizer):
     saved = json.loads((tmp_path / "out" / "utterance.json").read_text())
     assert saved == json.loads(json.dumps(explanation))
 
-    frames = int(model.cmt.audio_model._get_feat_extract_output_lengths(16000))
+    frames = model.config.audio_frames(16000)
     assert saved["words"] == ["<s>", *WORDS, "</s>"]
     assert saved["frames"] == frames and saved["heatmap_shape"] == [frames, len(WORDS) + 2]
     assert len(saved["cross_attention"]) == model.config.num_cross_layers
@@ -87,7 +87,7 @@ def test_explain_function_with_mean_pooling(tmp_path, tokenizer):
     model, processor = save_checkpoint(tmp_path / "cmt", tokenizer)
     audio = np.random.default_rng(1).standard_normal(12000).astype(np.float32) * 0.1
     explanation = explain.explain(model, processor, {"array": audio, "sampling_rate": 8000}, "Hello there!")
-    frames = int(model.cmt.audio_model._get_feat_extract_output_lengths(24000))  # resampled to 16 kHz
+    frames = model.config.audio_frames(24000)  # resampled to 16 kHz
     assert explanation["heatmap_shape"] == [frames, 4]  # <s> Hello there! </s>
     assert explanation["words"] == ["<s>", "Hello", "there!", "</s>"]
     assert explanation["pooling"] == "mean" and explanation["layer_pooler_weights"] is None

@@ -1,6 +1,6 @@
-"""cmt_training.tower_cache: cached tower outputs give what the towers give, stale caches are never used, the cache
-trains the cross-modal stack from a Trainer, and `run_finetune.py --cache_tower_outputs` trains from one cache per
-split."""
+"""cmt_training.tower_cache: cached tower outputs give what the towers give, stale caches are never used, and the
+cache trains the cross-modal stack from a Trainer (`run_finetune.py --cache_tower_outputs`: tests/examples/
+test_training.py)."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Audio, Dataset, DatasetDict, Features, Value
+from datasets import Dataset
 
 from cmt_training import tower_cache
 from cmt_training.arguments import CMTTrainingArguments, ModelArguments
@@ -17,52 +17,20 @@ from cmt_training.data import AudioTextCollator, prepare_split
 from cmt_training.tasks import load_user_dataset
 from cmt_training.trainer import CMTTrainer
 from modeling_cmt import CMTConfig, CMTForPreTraining, CMTForSequenceClassification
-from modeling_cmt.configuration_cmt import load_preset
 
 
-TINY = [
-    "--preset", "tiny", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-    "--learning_rate", "3e-3", "--disable_tqdm", "true", "--logging_steps", "5", "--max_audio_seconds", "3",
-    "--dataloader_pin_memory", "false", "--seed", "0",
-]  # fmt: skip
-SENTENCES = [
-    "I can't believe you did that, it is wonderful!",
-    "This is terrible and I am so angry right now.",
-    "The meeting is at ten in the morning.",
-    "I feel sad and tired, nothing went well today.",
-    "What a lovely surprise, thank you so much.",
-    "Excuse me, where is the station?",
-]
+@pytest.fixture
+def prepared_rows(sentences):
+    """A factory of rows as `prepare_split` makes them: waveform (16 kHz float32), length, text, labels (class ids,
+    or sentiment scores in [-3, 3] for regression)."""
+
+    def make(count: int = 10, seed: int = 0, regression: bool = False) -> Dataset:
+        return _prepared_rows(sentences, count, seed, regression)
+
+    return make
 
 
-def tiny_config(**overrides) -> CMTConfig:
-    """The tiny preset (layer-norm feature encoder: padding-invariant towers) with every dropout and masking off."""
-    preset = load_preset("tiny")["config"]
-    audio = {
-        **preset["audio_config"],
-        "hidden_dropout": 0.0,
-        "attention_dropout": 0.0,
-        "activation_dropout": 0.0,
-        "feat_proj_dropout": 0.0,
-        "mask_time_prob": 0.0,
-        "layerdrop": 0.0,
-    }
-    text = {**preset["text_config"], "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    values = {
-        **preset,
-        "audio_config": audio,
-        "text_config": text,
-        "cross_hidden_dropout": 0.0,
-        "cross_attention_dropout": 0.0,
-        "classifier_dropout": 0.0,
-        "num_labels": 4,
-    }
-    return CMTConfig(**{**values, **overrides})
-
-
-def prepared_rows(count: int = 10, seed: int = 0, regression: bool = False) -> Dataset:
-    """Rows as `prepare_split` makes them: waveform (16 kHz float32), length, text, labels (class ids, or sentiment
-    scores in [-3, 3] for regression)."""
+def _prepared_rows(sentences, count: int, seed: int, regression: bool) -> Dataset:
     generator = np.random.default_rng(seed)
     lengths = generator.integers(3000, 9000, count)
     labels = generator.uniform(-3, 3, count).round(2).tolist() if regression else [int(i % 4) for i in range(count)]
@@ -70,7 +38,7 @@ def prepared_rows(count: int = 10, seed: int = 0, regression: bool = False) -> D
         {
             "waveform": [(generator.standard_normal(n) * 0.1).astype(np.float32) for n in lengths],
             "length": [int(n) for n in lengths],
-            "text": [SENTENCES[i % len(SENTENCES)] for i in range(count)],
+            "text": [sentences[i % len(sentences)] for i in range(count)],
             "labels": labels,
         }
     )
@@ -97,9 +65,11 @@ def uncached_batch(processor, dataset, indices, regression=False):
     ],
     ids=["cmt", "hubert_only", "roberta_only"],
 )
-def test_cached_logits_and_loss_equal_the_uncached_model(processor, tmp_path, architecture):
+def test_cached_logits_and_loss_equal_the_uncached_model(
+    processor, tmp_path, architecture, no_dropout_config, prepared_rows
+):
     torch.manual_seed(0)
-    model = CMTForSequenceClassification(tiny_config(**architecture)).eval()
+    model = CMTForSequenceClassification(no_dropout_config(**architecture)).eval()
     dataset = prepared_rows()
     cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache", batch_size=3)
     assert len(cache) == len(dataset)
@@ -117,9 +87,9 @@ def test_cached_logits_and_loss_equal_the_uncached_model(processor, tmp_path, ar
     torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
 
 
-def test_regression_cache_keeps_float_labels(processor, tmp_path):
+def test_regression_cache_keeps_float_labels(processor, tmp_path, no_dropout_config, prepared_rows):
     torch.manual_seed(0)
-    model = CMTForSequenceClassification(tiny_config(num_labels=1, problem_type="regression")).eval()
+    model = CMTForSequenceClassification(no_dropout_config(num_labels=1, problem_type="regression")).eval()
     dataset = prepared_rows(regression=True)
     cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache")
     indices = [1, 2, 8]
@@ -146,9 +116,11 @@ def test_cache_of_a_prepared_split_reproduces_the_towers(word_dataset, tmp_path)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_train_step_gives_the_same_gradients_with_dropout_off(processor, tmp_path):
+def test_cached_train_step_gives_the_same_gradients_with_dropout_off(
+    processor, tmp_path, no_dropout_config, prepared_rows
+):
     torch.manual_seed(0)
-    model = CMTForSequenceClassification(tiny_config(ortho_weight=0.1))
+    model = CMTForSequenceClassification(no_dropout_config(ortho_weight=0.1))
     model.freeze_towers()
     dataset = prepared_rows()
     cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache")
@@ -170,9 +142,11 @@ def test_cached_train_step_gives_the_same_gradients_with_dropout_off(processor, 
         torch.testing.assert_close(cached[name], expected[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_cache_is_reused_and_kept_for_new_cross_layers(processor, tmp_path, monkeypatch):
+def test_cache_is_reused_and_kept_for_new_cross_layers(
+    processor, tmp_path, monkeypatch, no_dropout_config, prepared_rows
+):
     torch.manual_seed(0)
-    model = CMTForSequenceClassification(tiny_config())
+    model = CMTForSequenceClassification(no_dropout_config())
     dataset = prepared_rows(6)
     tower_cache.build_tower_cache(model, dataset, processor, tmp_path)
     meta = json.loads((tmp_path / tower_cache.META_FILE).read_text())
@@ -190,9 +164,11 @@ def test_cache_is_reused_and_kept_for_new_cross_layers(processor, tmp_path, monk
 
 
 @pytest.mark.parametrize("change", ["audio_weights", "text_weights", "data", "labels", "processor"])
-def test_a_stale_cache_is_refused_or_rebuilt(processor, feature_extractor, tmp_path, change):
+def test_a_stale_cache_is_refused_or_rebuilt(
+    processor, feature_extractor, tmp_path, change, no_dropout_config, prepared_rows
+):
     torch.manual_seed(0)
-    model = CMTForSequenceClassification(tiny_config())
+    model = CMTForSequenceClassification(no_dropout_config())
     dataset = prepared_rows(6)
     tower_cache.build_tower_cache(model, dataset, processor, tmp_path)
     old = json.loads((tmp_path / tower_cache.META_FILE).read_text())["fingerprint"]
@@ -221,13 +197,14 @@ def test_a_stale_cache_is_refused_or_rebuilt(processor, feature_extractor, tmp_p
     rebuilt = tower_cache.build_tower_cache(model, dataset, processor, tmp_path)
     assert json.loads((tmp_path / tower_cache.META_FILE).read_text())["fingerprint"] == new
     with torch.no_grad():
-        states = model.cmt.text_model(**processor.tokenizer([dataset[0]["text"]], return_tensors="pt"))[0]
+        encoded = processor.tokenizer([dataset[0]["text"]], return_tensors="pt")
+        states = model.cmt.get_text_features(encoded["input_ids"], encoded["attention_mask"]).last_hidden_state
     torch.testing.assert_close(rebuilt[0]["text_tower_output"], states[0], atol=1e-5, rtol=1e-5)
 
 
-def test_pretraining_cache_holds_the_uncached_unit_targets(processor, tmp_path):
+def test_pretraining_cache_holds_the_uncached_unit_targets(processor, tmp_path, no_dropout_config, prepared_rows):
     torch.manual_seed(0)
-    config = tiny_config(mlm_loss_weight=0.0)
+    config = no_dropout_config(mlm_loss_weight=0.0)
     config.audio_config.mask_time_prob = 0.05  # the mask embedding exists only with masking on
     model = CMTForPreTraining(config)
     with pytest.raises(ValueError, match="codebook is not fitted"):
@@ -252,7 +229,7 @@ def test_pretraining_cache_holds_the_uncached_unit_targets(processor, tmp_path):
         model(**cached, mlm_labels=torch.full_like(cached["attention_mask"], -100))
 
 
-def test_cache_trains_the_cross_stack_from_a_trainer(processor, tmp_path):
+def test_cache_trains_the_cross_stack_from_a_trainer(processor, tmp_path, prepared_rows):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(CMTConfig.from_preset("tiny", num_labels=4))
     model.freeze_towers()
@@ -276,102 +253,3 @@ def test_cache_trains_the_cross_stack_from_a_trainer(processor, tmp_path):
     assert all(torch.equal(p, towers[name]) for name, p in model.named_parameters() if name in towers)
     assert not torch.equal(model.cmt.encoder.layers[0].attention.q_proj.weight, cross)
     assert all(np.isfinite(entry["train_loss"]) for entry in trainer.state.log_history if "train_loss" in entry)
-
-
-# --- run_finetune.py --cache_tower_outputs ----------------------------------------------------------------------
-
-
-def scored_dataset(path: Path) -> Path:
-    """A tiny DatasetDict with a float label (`--task dataset` makes it a regression task)."""
-    generator = np.random.default_rng(0)
-    features = Features({"audio": Audio(sampling_rate=16000), "text": Value("string"), "score": Value("float32")})
-
-    def split(size):
-        rows = {"audio": [], "text": [], "score": []}
-        for index in range(size):
-            rows["audio"].append(
-                {"array": generator.standard_normal(4000).astype(np.float32) * 0.1, "sampling_rate": 16000}
-            )
-            rows["text"].append(SENTENCES[index % len(SENTENCES)])
-            rows["score"].append(float(generator.uniform(-3, 3)))
-        return Dataset.from_dict(rows, features=features)
-
-    DatasetDict({"train": split(16), "validation": split(8), "test": split(8)}).save_to_disk(str(path))
-    return path
-
-
-@pytest.fixture
-def trainers(monkeypatch):
-    """Every CMTTrainer the script builds, to look at its datasets and collator after the run."""
-    built = []
-    original = CMTTrainer.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        built.append(self)
-
-    monkeypatch.setattr(CMTTrainer, "__init__", init)
-    return built
-
-
-def test_run_finetune_caching_needs_frozen_towers(run_script, word_dataset, tmp_path):
-    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--cache_tower_outputs", "true"]
-    with pytest.raises(ValueError, match="needs --freeze_towers true"):
-        run_script("run_finetune", *arguments, "--max_steps", "1", "--output_dir", tmp_path / "run")
-
-
-@pytest.mark.parametrize("problem", ["classification", "regression"])
-def test_run_finetune_trains_from_one_cache_per_split(run_script, trainers, word_dataset, tmp_path, problem):
-    task = ["--dataset_path", word_dataset]
-    if problem == "regression":
-        task = ["--dataset_path", scored_dataset(tmp_path / "scored"), "--label_column", "score"]
-    output = tmp_path / "run"
-    run_script(
-        "run_finetune", "--task", "dataset", *task, *TINY, "--freeze_towers", "true", "--cache_tower_outputs", "true",
-        "--num_train_epochs", "2", "--output_dir", output,
-    )  # fmt: skip
-    results = read_json(output / "results.json")
-    assert results["folds"][0]["cached_tower_outputs"] is True
-    if problem == "regression":
-        assert np.isfinite(results["aggregate"]["mae"]["mean"])
-    else:
-        assert 0 <= results["aggregate"]["wa"]["mean"] <= 1
-    caches = sorted((output / "tower_cache").iterdir())
-    assert [folder.name.split("-")[0] for folder in caches] == ["test", "train", "validation"]
-    assert all((folder / tower_cache.META_FILE).is_file() for folder in caches)
-
-    trainer = trainers[0]
-    collator, train = trainer.data_collator, trainer.train_dataset
-    assert isinstance(collator, tower_cache.TowerOutputCollator) and collator.regression == (problem == "regression")
-    frames = [len(row["audio_tower_output"]) for row in train]
-    assert list(trainer._get_train_sampler().lengths) == list(train["length"]) == frames  # length-grouped batches
-    batch = collator([train[index] for index in range(4)])
-    assert batch["labels"].dtype == (torch.float32 if problem == "regression" else torch.long)
-    torch.testing.assert_close(
-        batch["labels"], torch.stack([train[index]["labels"] for index in range(4)]).to(batch["labels"].dtype)
-    )
-    if problem == "regression":
-        assert (batch["labels"] != batch["labels"].round()).any()  # scores were not cut to integers
-
-
-def test_run_finetune_reuses_caches_and_keys_them_by_the_towers(run_script, word_dataset, tmp_path, monkeypatch):
-    arguments = [
-        "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--freeze_towers", "true",
-        "--cache_tower_outputs", "true", "--max_steps", "1", "--cache_dir", tmp_path / "cache",
-    ]  # fmt: skip
-    run_script("run_finetune", *arguments, "--output_dir", tmp_path / "first")
-    caches = sorted((tmp_path / "cache" / "tower_cache").iterdir())
-    assert len(caches) == 3
-    metas = {folder: (folder / tower_cache.META_FILE).read_text() for folder in caches}
-
-    built = []
-    original = tower_cache._write_tower_cache
-    monkeypatch.setattr(tower_cache, "_write_tower_cache", lambda *args: built.append(args[3]) or original(*args))
-    # same towers and data, another head: the caches are reused
-    run_script("run_finetune", *arguments, "--ortho_weight", "0.1", "--output_dir", tmp_path / "second")
-    assert not built and sorted((tmp_path / "cache" / "tower_cache").iterdir()) == caches
-    # other tower weights: new caches beside the old ones, which are left as they were
-    run_script("run_finetune", *arguments, "--seed", "1", "--output_dir", tmp_path / "third")
-    assert len(built) == 3 and not set(built) & set(caches)
-    assert len(list((tmp_path / "cache" / "tower_cache").iterdir())) == 6
-    assert all((folder / tower_cache.META_FILE).read_text() == meta for folder, meta in metas.items())

@@ -1,4 +1,5 @@
-"""run_finetune.py, run_pretrain.py, fit_codebook.py and report.py on tiny towers and tiny corpora (CPU)."""
+"""run_finetune.py (incl. --cache_tower_outputs), run_pretrain.py, fit_codebook.py and report.py on tiny towers and
+tiny corpora (CPU)."""
 
 import errno
 import json
@@ -10,12 +11,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
+from datasets import Audio, Dataset, DatasetDict, Features, Value
 from safetensors.torch import load_file
 from transformers import HubertConfig, HubertModel, Trainer, TrainerCallback
 
-from cmt_training import cpu
+from cmt_training import cpu, tower_cache
 from cmt_training.trainer import CMTTrainer, NonFiniteLossError, last_complete_checkpoint
 from modeling_cmt import CMTForPreTraining, CMTForSequenceClassification
 
@@ -337,6 +340,108 @@ def test_push_to_hub_offline_writes_the_folder_and_explains(run_script, word_dat
         p.name for p in output.iterdir()
     }
     assert "Could not push" in caplog.text and "huggingface-cli upload someone/cmt-words" in caplog.text
+
+
+# --- run_finetune.py --cache_tower_outputs ----------------------------------------------------------------------
+
+
+TEXTS = ["The day was good.", "The film was awful.", "What a lovely meal."]
+
+
+def scored_dataset(path: Path) -> Path:
+    """A tiny DatasetDict with a float label (`--task dataset` makes it a regression task)."""
+    generator = np.random.default_rng(0)
+    features = Features({"audio": Audio(sampling_rate=16000), "text": Value("string"), "score": Value("float32")})
+
+    def split(size):
+        rows = {"audio": [], "text": [], "score": []}
+        for index in range(size):
+            rows["audio"].append(
+                {"array": generator.standard_normal(4000).astype(np.float32) * 0.1, "sampling_rate": 16000}
+            )
+            rows["text"].append(TEXTS[index % len(TEXTS)])
+            rows["score"].append(float(generator.uniform(-3, 3)))
+        return Dataset.from_dict(rows, features=features)
+
+    DatasetDict({"train": split(16), "validation": split(8), "test": split(8)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Every CMTTrainer the script builds, to look at its datasets and collator after the run."""
+    built = []
+    original = CMTTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(CMTTrainer, "__init__", init)
+    return built
+
+
+def test_run_finetune_caching_needs_frozen_towers(run_script, word_dataset, tmp_path):
+    arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--cache_tower_outputs", "true"]
+    with pytest.raises(ValueError, match="needs --freeze_towers true"):
+        run_script("run_finetune", *arguments, "--max_steps", "1", "--output_dir", tmp_path / "run")
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression"])
+def test_run_finetune_trains_from_one_cache_per_split(run_script, trainers, word_dataset, tmp_path, problem):
+    task = ["--dataset_path", word_dataset]
+    if problem == "regression":
+        task = ["--dataset_path", scored_dataset(tmp_path / "scored"), "--label_column", "score"]
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", "--task", "dataset", *task, *TINY, "--freeze_towers", "true", "--cache_tower_outputs", "true",
+        "--num_train_epochs", "2", "--output_dir", output,
+    )  # fmt: skip
+    results = read_json(output / "results.json")
+    assert results["folds"][0]["cached_tower_outputs"] is True
+    if problem == "regression":
+        assert np.isfinite(results["aggregate"]["mae"]["mean"])
+    else:
+        assert 0 <= results["aggregate"]["wa"]["mean"] <= 1
+    caches = sorted((output / "tower_cache").iterdir())
+    assert [folder.name.split("-")[0] for folder in caches] == ["test", "train", "validation"]
+    assert all((folder / tower_cache.META_FILE).is_file() for folder in caches)
+
+    trainer = trainers[0]
+    collator, train = trainer.data_collator, trainer.train_dataset
+    assert isinstance(collator, tower_cache.TowerOutputCollator) and collator.regression == (problem == "regression")
+    frames = [len(row["audio_tower_output"]) for row in train]
+    assert list(trainer._get_train_sampler().lengths) == list(train["length"]) == frames  # length-grouped batches
+    batch = collator([train[index] for index in range(4)])
+    assert batch["labels"].dtype == (torch.float32 if problem == "regression" else torch.long)
+    torch.testing.assert_close(
+        batch["labels"], torch.stack([train[index]["labels"] for index in range(4)]).to(batch["labels"].dtype)
+    )
+    if problem == "regression":
+        assert (batch["labels"] != batch["labels"].round()).any()  # scores were not cut to integers
+
+
+def test_run_finetune_reuses_caches_and_keys_them_by_the_towers(run_script, word_dataset, tmp_path, monkeypatch):
+    arguments = [
+        "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--freeze_towers", "true",
+        "--cache_tower_outputs", "true", "--max_steps", "1", "--cache_dir", tmp_path / "cache",
+    ]  # fmt: skip
+    run_script("run_finetune", *arguments, "--output_dir", tmp_path / "first")
+    caches = sorted((tmp_path / "cache" / "tower_cache").iterdir())
+    assert len(caches) == 3
+    metas = {folder: (folder / tower_cache.META_FILE).read_text() for folder in caches}
+
+    built = []
+    original = tower_cache._write_tower_cache
+    monkeypatch.setattr(tower_cache, "_write_tower_cache", lambda *args: built.append(args[3]) or original(*args))
+    # same towers and data, another head: the caches are reused
+    run_script("run_finetune", *arguments, "--ortho_weight", "0.1", "--output_dir", tmp_path / "second")
+    assert not built and sorted((tmp_path / "cache" / "tower_cache").iterdir()) == caches
+    # other tower weights: new caches beside the old ones, which are left as they were
+    run_script("run_finetune", *arguments, "--seed", "1", "--output_dir", tmp_path / "third")
+    assert len(built) == 3 and not set(built) & set(caches)
+    assert len(list((tmp_path / "cache" / "tower_cache").iterdir())) == 6
+    assert all((folder / tower_cache.META_FILE).read_text() == meta for folder, meta in metas.items())
 
 
 # --- pretraining -------------------------------------------------------------------------------------------------
