@@ -182,6 +182,7 @@ class CodebookArguments:
     batch_size: int = field(default=8, metadata={"help": "Utterances per feature-extraction batch."})
     seed: int = field(default=0, metadata={"help": "Sampling and k-means seed."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write over an existing checkpoint."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar for the feature pass."})
 
 
 def parse_args(groups: tuple, argv: list[str] | None = None) -> tuple:

@@ -181,7 +181,7 @@ class Demo:
             script = importlib.import_module("fit_codebook")
             # The codebook checkpoint starts pretraining, so it carries the heads of the losses pretraining uses.
             argv = ["--preset", s["preset"], *pairs, "--codebook_size", "32",
-                    "--config_overrides", f"matching_loss_weight={MATCHING_LOSS_WEIGHT}",
+                    "--config_overrides", f"matching_loss_weight={MATCHING_LOSS_WEIGHT}", "--disable_tqdm", "true",
                     "--max_audio_seconds", str(s["max_audio_seconds"]), "--output_dir", str(codebook)]  # fmt: skip
             with (self.logs / "codebook.log").open("w") as handle, contextlib.redirect_stdout(handle):
                 script.main(argv)

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> Path:
     # Features at the codebook layer, real frames only
     collator = AudioTextCollator(processor, min_audio_samples=model.config.min_input_samples())
     chunks = []
-    for start in tqdm(range(0, len(prepared), args.batch_size), desc="codebook-layer features", unit="batch"):
+    batches = range(0, len(prepared), args.batch_size)
+    for start in tqdm(batches, desc="codebook-layer features", unit="batch", disable=args.disable_tqdm):
         batch = collator([prepared[index] for index in range(start, min(start + args.batch_size, len(prepared)))])
         features, frame_mask = model.compute_unit_features(batch["input_values"], batch["audio_attention_mask"])
         chunks.append(
