@@ -34,12 +34,20 @@ extras = {
     "demo": [
         "matplotlib>=3.8,<4",
     ],
+    # Emotion timelines of long recordings (modeling_cmt/timeline.py, cmt-timeline): Silero VAD (its ONNX models ship
+    # in the wheel) run by ONNX Runtime, SRT / WebVTT transcripts; plots need the demo extra.
+    "timeline": [
+        "silero-vad>=6.2,<7",
+        "onnxruntime>=1.20,<2",
+        "webvtt-py>=0.6,<0.7",
+    ],
     "dev": [
         "pytest>=8,<10",
         "ruff>=0.6",
+        "webrtcvad-wheels>=2.0.14,<3",  # the VAD comparison in benchmarks/timeline.py
     ],
 }
-extras["dev"] = extras["dev"] + extras["train"] + extras["demo"]
+extras["dev"] = extras["dev"] + extras["train"] + extras["demo"] + extras["timeline"]
 
 setup(
     name="cmt-speech",
@@ -65,5 +73,10 @@ setup(
     },
     install_requires=install_requires,
     extras_require=extras,
-    entry_points={"console_scripts": ["cmt-predict = modeling_cmt.predict:main"]},
+    entry_points={
+        "console_scripts": [
+            "cmt-predict = modeling_cmt.predict:main",
+            "cmt-timeline = modeling_cmt.timeline:main",
+        ]
+    },
 )
