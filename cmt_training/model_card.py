@@ -4,6 +4,7 @@ in a `model-index`, and a push to the Hub that explains itself when it cannot ha
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_repo, upload_folder
@@ -13,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 # The project's MODEL_CARD.md (a link to it ships with the package).
 TEMPLATE = Path(__file__).resolve().parent / "MODEL_CARD.md"
+ENDPOINT_HANDLER = Path(__file__).resolve().parent / "endpoint_handler.py"
+# What the handler needs beyond an Inference Endpoints image (torch, transformers): decoding of audio bytes.
+ENDPOINT_REQUIREMENTS = "torchcodec>=0.5\n"
 RESULTS_HEADING = "**Results of this checkpoint:**"
 # The template's sentence for the architecture card, which has no results; a checkpoint's card has its own.
 ARCHITECTURE_ONLY = re.compile(r"It reports \*\*no measured accuracy of ours\*\*[^\n]*")
@@ -77,11 +81,22 @@ def render_model_card(summary: dict, model_name: str) -> ModelCard:
 
 
 def write_model_card(folder: str | Path, summary: dict, hub_model_id: str | None = None) -> Path:
+    """The card as README.md, with the Inference Endpoints handler beside it (`write_endpoint_handler`)."""
     folder = Path(folder)
     card = render_model_card(summary, hub_model_id or folder.name)
     path = folder / "README.md"
     card.save(path)
+    write_endpoint_handler(folder)
     return path
+
+
+def write_endpoint_handler(folder: str | Path) -> Path:
+    """`handler.py` (an `EndpointHandler` over the folder's own pipeline code) and the `requirements.txt` it needs,
+    so that Hugging Face Inference Endpoints can serve the folder as a custom model."""
+    folder = Path(folder)
+    shutil.copy(ENDPOINT_HANDLER, folder / "handler.py")
+    (folder / "requirements.txt").write_text(ENDPOINT_REQUIREMENTS)
+    return folder / "handler.py"
 
 
 def push_or_explain(folder: str | Path, repo_id: str | None, token: str | None = None) -> bool:
