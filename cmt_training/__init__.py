@@ -6,7 +6,10 @@ One concern a module, as in parler-tts' `training/`:
 - `tasks`: the task registry (`TASKS`, `register_task`): corpus loading and fold cutting per task;
 - `data`: decoding once into Arrow, and the collators;
 - `build`: the run's model and processor (checkpoint, two towers, or a preset with a trained BPE tokenizer);
+- `sampling`: batches by audio duration (`--max_batch_seconds`);
 - `trainer`: `CMTTrainer` and checkpoint bookkeeping (output folders, resuming);
+- `distributed`: what multi-process runs need besides the launcher (engine, FSDP wrap and unused-parameter checks,
+  streamed corpora read rank by rank);
 - `tower_cache`: frozen-tower outputs computed once and reused;
 - `metrics`: the task metrics (`evaluate` modules and plain functions);
 - `results`: valid, atomically written JSON, the environment card, mean ± std (shared with `benchmarks/`);

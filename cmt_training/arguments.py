@@ -11,6 +11,7 @@ from transformers import HfArgumentParser, TrainingArguments
 import modeling_cmt
 
 from .cpu import check_world_size, use_gloo_without_gpus
+from .distributed import refuse_sharded_engine_without_gpus
 from .tasks import TASKS
 
 
@@ -140,6 +141,15 @@ class CMTTrainingArguments(TrainingArguments):
             "const": "true",
         },
     )
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dynamic batching: each training batch holds as many utterances as fit in this many seconds of "
+            "padded audio (batch size x its longest utterance), per process, instead of "
+            "--per_device_train_batch_size utterances; replaces --train_sampling_strategy "
+            "(cmt_training.sampling.DurationBatchSampler). Evaluation keeps --per_device_eval_batch_size."
+        },
+    )
     cpu_allocator_tuning: bool = field(
         default=True,
         metadata={
@@ -188,8 +198,10 @@ class CodebookArguments:
 def parse_args(groups: tuple, argv: list[str] | None = None) -> tuple:
     """The argument groups from `argv` (default: the command line), or from one JSON file given as its only item.
     Training arguments parsed in a multi-process launch on a machine without GPUs set up gloo DDP
-    (`use_gloo_without_gpus`), and a launch whose processes would not form one job is refused."""
+    (`use_gloo_without_gpus`); an FSDP or DeepSpeed launch there, and a launch whose processes would not form one
+    job, are refused."""
     if any(issubclass(group, TrainingArguments) for group in groups):
+        refuse_sharded_engine_without_gpus()
         use_gloo_without_gpus()
     parser = HfArgumentParser(groups)
     argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]

@@ -36,6 +36,16 @@ def prepare_split(dataset: Dataset, label_column: str | None, max_audio_seconds:
     return prepared.with_format("numpy", columns=["waveform"], output_all_columns=True)
 
 
+def utterance_seconds(dataset: Dataset) -> np.ndarray:
+    """Every utterance's duration in seconds, from the `length` column (samples at 16 kHz) of `prepare_split`."""
+    if not isinstance(dataset, Dataset) or not {"length", "waveform"} <= set(dataset.column_names):
+        raise ValueError(
+            "Batching by audio duration (--max_batch_seconds) needs the waveforms and their `length` column that "
+            "prepare_split writes (samples at 16 kHz); a streamed corpus and cached tower outputs have neither."
+        )
+    return np.asarray(dataset["length"], dtype=np.float64) / SAMPLING_RATE
+
+
 @dataclass
 class AudioTextCollator:
     """Pads audio (sample-level mask) and text (token mask) with the processor, which checks every item's values

@@ -8,11 +8,19 @@ import logging
 import os
 import shutil
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
+from torch.utils.data import DataLoader, SequentialSampler
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, seed_worker
+
+from .data import utterance_seconds
+from .distributed import check_fsdp_wrap_classes, check_no_unused_parameters
+from .sampling import DurationBatchSampler
 
 
 logger = logging.getLogger(__name__)
@@ -49,14 +57,66 @@ def parameter_part(name: str) -> str:
     return "head"
 
 
+class SamplerEpochCallback(TrainerCallback):
+    """Sets a batch sampler's epoch when an epoch begins, a resumed one too: Trainer reaches a batch sampler's
+    `set_epoch` through accelerate's `BatchSamplerShard`, but not once `skip_first_batches` has wrapped it again for
+    a run resumed mid-epoch. `state.epoch` is exact at epoch ends (`epoch + steps / steps_in_epoch`)."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.sampler.set_epoch(int(state.epoch or 0))
+
+
 class CMTTrainer(Trainer):
-    """Trainer with per-part learning rates (`--tower_learning_rate`, `--cross_learning_rate`), each loss term the
-    model returns logged separately, a stop on a NaN/Inf loss that names the step and the last good checkpoint, and
-    checkpoints that are never left half-written when a save fails."""
+    """Trainer with per-part learning rates (`--tower_learning_rate`, `--cross_learning_rate`), dynamic batches by
+    audio duration (`--max_batch_seconds`), each loss term the model returns logged separately, a stop on a NaN/Inf
+    loss that names the step and the last good checkpoint, checkpoints that are never left half-written when a save
+    fails, and distributed set-ups checked before training (FSDP's wrap classes, DDP's unused parameters)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._loss_terms: dict[str, list[float]] = {}
+        wrap_classes = self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap
+        if wrap_classes:
+            check_fsdp_wrap_classes(self.model, wrap_classes)
+        ddp = self.accelerator.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+        if ddp and self.accelerator.num_processes > 1:
+            handler = self.accelerator.ddp_handler
+            check_no_unused_parameters(self.model, handler is not None and handler.find_unused_parameters)
+
+    def get_train_dataloader(self) -> DataLoader:
+        max_batch_seconds = getattr(self.args, "max_batch_seconds", None)
+        if max_batch_seconds is None:
+            return super().get_train_dataloader()
+        # Trainer's dataloader builder passes a batch sampler on only for its own BatchRebalanceSampler (which it
+        # then exempts from accelerate's sharding), so the loader is built here; accelerate shards its batches.
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = DurationBatchSampler(utterance_seconds(self.train_dataset), max_batch_seconds, seed=seed)
+        self.callback_handler.remove_callback(SamplerEpochCallback)
+        self.add_callback(SamplerEpochCallback(sampler))
+        args = self.args
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        return self.accelerator.prepare(loader)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers 5.24 also batches evaluation and prediction by length when training does (`group_by_length`,
+        # this package's default): predictions then come back sorted by length, while the scripts pair them with the
+        # dataset's rows (per-item-type metrics, `test_logits`). Trainer has no public hook for the evaluation
+        # sampler alone, so this keeps the dataset's order as Trainer does for the other strategies.
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -257,6 +317,8 @@ def check_resume_arguments(checkpoint: str | os.PathLike, arguments: dict) -> No
 
 
 def parameter_checksum(model: torch.nn.Module) -> float:
-    """A cheap fingerprint of all parameters (identical across DDP ranks when they are in sync)."""
+    """A cheap fingerprint of all parameters (identical across DDP ranks when they are in sync). FSDP's sharded
+    parameters are gathered first, so every rank must call it; ZeRO-3's partitions are not (they count as empty)."""
     with torch.no_grad():
-        return float(sum(p.double().sum() + (p.double() ** 2).sum() for p in model.parameters()))
+        full = (p.full_tensor() if isinstance(p, DTensor) else p for p in model.parameters())
+        return float(sum(p.double().sum() + (p.double() ** 2).sum() for p in full))

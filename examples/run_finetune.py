@@ -179,6 +179,7 @@ def train_and_test_fold(
             for name, split in prepared.items()
         },
         "log_history": trainer.state.log_history,
+        "test_logits": np.asarray(logits).tolist(),  # in test-split order, as the trained model gave them
         "parameter_checksum": checksum,
         "cached_tower_outputs": cache_args.cache_tower_outputs,
         "wall_time_s": round(time.time() - started, 1),
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task(data_args)
     folds = resolve_folds(task, data_args.test_fold)
     check_resume_per_fold(training_args.resume_from_checkpoint, folds)
+    if cache_args.cache_tower_outputs and training_args.max_batch_seconds is not None:
+        raise ValueError(
+            "--max_batch_seconds batches waveforms by duration; cached tower outputs are batched by "
+            "--per_device_train_batch_size: drop one of the two."
+        )
     check_output_dir(training_args)
     if training_args.metric_for_best_model == "task":
         training_args.metric_for_best_model = task.best_metric
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
             "epochs": training_args.num_train_epochs,
             "max_steps": training_args.max_steps,
             "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "max_batch_seconds": training_args.max_batch_seconds,
             "world_size": training_args.world_size,
             "train_sampling_strategy": training_args.train_sampling_strategy,
         },
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
             item_type: aggregate([result["by_item_type"][item_type] for result in results])
             for item_type in (results[0]["by_item_type"] if results else {})
         },
-        "folds": [{k: v for k, v in result.items() if k != "log_history"} for result in results],
+        "folds": [{k: v for k, v in result.items() if k not in ("log_history", "test_logits")} for result in results],
     }
     if training_args.process_index == 0:
         write_json(output_dir / "results.json", summary)

@@ -46,6 +46,7 @@ from cmt_training.arguments import (
 from cmt_training.build import build_model, build_processor
 from cmt_training.cpu import apply_cpu_allocator_tuning
 from cmt_training.data import PretrainingCollator, prepare_split
+from cmt_training.distributed import read_stream_on_every_rank
 from cmt_training.logging_utils import setup_logging
 from cmt_training.results import command_line, environment_card, write_json
 from cmt_training.tasks import load_pretraining_corpus
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--stage must be one of {list(STAGES)}, got {pretraining_args.stage!r}.")
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("A streamed corpus has no length: pass --max_steps to say how long to pretrain.")
+    if data_args.streaming and training_args.max_batch_seconds is not None:
+        raise ValueError("--max_batch_seconds plans batches from every utterance's duration, which a stream lacks.")
     check_output_dir(training_args)
     if training_args.tower_learning_rate is None:
         training_args.tower_learning_rate = training_args.learning_rate * 0.1
@@ -93,9 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     with training_args.main_process_first(desc="decoding audio"):
         prepared = prepare_split(corpus, None, data_args.max_audio_seconds, data_args.preprocessing_num_workers)
     streamed = isinstance(prepared, IterableDataset)
+    sample_texts = [row["text"] for row in itertools.islice(prepared, 2000)] if streamed else prepared["text"]
     if streamed:
         training_args.train_sampling_strategy = "random"  # a stream has no lengths to group by
-    sample_texts = [row["text"] for row in itertools.islice(prepared, 2000)] if streamed else prepared["text"]
+        prepared = read_stream_on_every_rank(prepared, training_args)  # several processes: each reads its shards
 
     # Model
     processor = build_processor(model_args, sample_texts, output_dir)

@@ -1,5 +1,5 @@
-"""Fixtures for the example scripts: a loader that runs a script's `main(argv)`, a tiny synthetic corpus and a toy
-dataset."""
+"""Fixtures for the example scripts: a loader that runs a script's `main(argv)`, the trainers a run builds, a tiny
+synthetic corpus and a toy dataset."""
 
 import importlib.util
 from pathlib import Path
@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Audio, ClassLabel, Dataset, DatasetDict, Features, Value
+
+from cmt_training.trainer import CMTTrainer
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -71,3 +73,17 @@ def run_script():
         return load_script(name).main([str(argument) for argument in args])
 
     return run
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """Every CMTTrainer the script builds, to look at its datasets and collator after the run."""
+    built = []
+    original = CMTTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(CMTTrainer, "__init__", init)
+    return built

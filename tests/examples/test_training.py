@@ -1,11 +1,9 @@
 """run_finetune.py (incl. --cache_tower_outputs), run_pretrain.py, fit_codebook.py and report.py on tiny towers and
-tiny corpora (CPU)."""
+tiny corpora (CPU, one process; several processes: test_distributed.py)."""
 
 import errno
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,10 +27,6 @@ TINY = [
     "--learning_rate", "3e-3", "--disable_tqdm", "true", "--logging_steps", "5", "--max_audio_seconds", "3",
     "--dataloader_pin_memory", "false", "--seed", "0",
 ]  # fmt: skip
-NO_DROPOUT = [
-    "--config_overrides",
-    "cross_hidden_dropout=0.0,cross_attention_dropout=0.0,classifier_dropout=0.0",
-]
 
 
 def read_json(path) -> dict:
@@ -367,20 +361,6 @@ def scored_dataset(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def trainers(monkeypatch):
-    """Every CMTTrainer the script builds, to look at its datasets and collator after the run."""
-    built = []
-    original = CMTTrainer.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        built.append(self)
-
-    monkeypatch.setattr(CMTTrainer, "__init__", init)
-    return built
-
-
 def test_run_finetune_caching_needs_frozen_towers(run_script, word_dataset, tmp_path):
     arguments = ["--task", "dataset", "--dataset_path", word_dataset, *TINY, "--cache_tower_outputs", "true"]
     with pytest.raises(ValueError, match="needs --freeze_towers true"):
@@ -524,55 +504,7 @@ def test_pretraining_without_a_codebook_is_refused(run_script, synthetic_cache, 
         )
 
 
-# --- distributed -------------------------------------------------------------------------------------------------
-
-
-def _launch(launcher: list[str], arguments: list[str], output: Path) -> subprocess.CompletedProcess:
-    """`accelerate launch <launcher> examples/run_finetune.py <arguments>`, as the README types it (no extra
-    environment: on this GPU-less machine the script itself must make the processes one job)."""
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("ACCELERATE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", *launcher, "examples/run_finetune.py", *arguments,
-         "--output_dir", str(output)],
-        capture_output=True, text=True, env={**environment, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=REPO,
-    )  # fmt: skip
-
-
-ONE_PROCESS = ["--config_file", "examples/accelerate_configs/cpu.yaml"]
-CPU_DDP = ["--config_file", "examples/accelerate_configs/cpu_ddp.yaml"]
-MULTI_GPU_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no"]  # fmt: skip
-
-
-def _rank_checksums(completed: subprocess.CompletedProcess) -> list[tuple[str, str]]:
-    return re.findall(r"\[rank (\d)\] parameter checksum: (\S+)", completed.stdout + completed.stderr)
-
-
-def test_two_process_ddp_matches_one_process(word_dataset, tmp_path):
-    common = ["--task", "dataset", "--dataset_path", str(word_dataset), *TINY, *NO_DROPOUT, "--num_train_epochs", "2"]
-    common = [a if a != "8" else "4" for a in common]  # 4 per process
-    two = _launch(CPU_DDP, [*common, "--train_sampling_strategy", "sequential"], tmp_path / "ddp")
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    checksums = _rank_checksums(two)
-    assert sorted(rank for rank, _ in checksums) == ["0", "1"]
-    assert checksums[0][1] == checksums[1][1]  # both ranks hold identical parameters
-    single = [a if a != "4" else "8" for a in common]
-    one = _launch(ONE_PROCESS, [*single, "--train_sampling_strategy", "sequential"], tmp_path / "single")
-    assert one.returncode == 0, one.stderr[-3000:]
-    ddp_results = read_json(tmp_path / "ddp" / "results.json")
-    assert ddp_results["protocol"]["training"]["world_size"] == 2
-    single_metrics = read_json(tmp_path / "single" / "results.json")["aggregate"]
-    assert ddp_results["aggregate"]["wa"]["mean"] == pytest.approx(single_metrics["wa"]["mean"], abs=1e-6)
-    assert ddp_results["folds"][0]["data"]["test"]["rows"] == 40  # no duplicates
-
-
-def test_the_documented_multi_gpu_flags_make_one_ddp_job_on_cpu(word_dataset, tmp_path):
-    arguments = ["--task", "dataset", "--dataset_path", str(word_dataset), *TINY, "--max_steps", "2"]
-    completed = _launch(MULTI_GPU_FLAGS, arguments, tmp_path / "ddp")
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    checksums = _rank_checksums(completed)
-    assert sorted(rank for rank, _ in checksums) == ["0", "1"] and checksums[0][1] == checksums[1][1]
-    assert read_json(tmp_path / "ddp" / "results.json")["protocol"]["training"]["world_size"] == 2
+# --- distributed (the multi-process launches are in test_distributed.py) ------------------------------------------
 
 
 def test_processes_that_would_train_alone_are_refused(monkeypatch):
