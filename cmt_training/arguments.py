@@ -56,6 +56,13 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Allow a checkpoint whose head has another number of labels."}
     )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load checkpoints (CMT or towers) whose weights are a pickle (pytorch_model.bin), which can "
+            "run code hidden in the file: only for checkpoints you trust. By default only safetensors weights load."
+        },
+    )
 
     def config_kwargs(self) -> dict[str, Any]:
         """CMTConfig values this run sets explicitly."""

@@ -62,12 +62,15 @@ def build_processor(model_args: ModelArguments, train_texts: list[str], scratch_
 
 def build_model(model_class, model_args: ModelArguments, processor: CMTProcessor, **config_kwargs):
     """A CMT model from a CMT checkpoint, from two tower checkpoints or from a random-weight preset, with the
-    feature encoder / towers frozen as `model_args` asks."""
+    feature encoder / towers frozen as `model_args` asks. Checkpoints load from safetensors weights only unless
+    `--allow_pickle`. The processor's tokenizer is capped at what the text tower takes, so the processor saved with
+    the run truncates transcripts to fit it."""
     config_kwargs = {
         **model_args.config_kwargs(),
         **config_kwargs,
         "attn_implementation": model_args.attn_implementation,
     }
+    use_safetensors = None if model_args.allow_pickle else True  # None: safetensors where there are, else the pickle
     sources = [model_args.model_name_or_path, model_args.audio_model_name_or_path, model_args.preset]
     if sum(source is not None for source in sources) != 1:
         raise ValueError(
@@ -78,18 +81,26 @@ def build_model(model_class, model_args: ModelArguments, processor: CMTProcessor
         path = model_args.model_name_or_path
         ensure_cmt_checkpoint(path)
         model = model_class.from_pretrained(
-            path, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **config_kwargs
+            path,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            use_safetensors=use_safetensors,
+            **config_kwargs,
         )
     elif model_args.audio_model_name_or_path:
         if not model_args.text_model_name_or_path:
             raise ValueError("--audio_model_name_or_path needs --text_model_name_or_path too.")
         model = model_class.from_audio_text_pretrained(
-            model_args.audio_model_name_or_path, model_args.text_model_name_or_path, **config_kwargs
+            model_args.audio_model_name_or_path,
+            model_args.text_model_name_or_path,
+            use_safetensors=use_safetensors,
+            **config_kwargs,
         )
     else:
         text_config = {"vocab_size": len(processor.tokenizer)}
         model = model_class(CMTConfig.from_preset(model_args.preset, text_config=text_config, **config_kwargs))
     processor.check_model_config(model.config)
+    if model.config.modality != "audio":
+        processor.tokenizer.model_max_length = processor.text_token_limit(model.config)
     if model_args.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if model_args.freeze_towers:

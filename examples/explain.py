@@ -13,7 +13,8 @@ It writes `<name>.png` and `<name>.json` (every number in the figure) to `--outp
         --text "I can't believe you did that." --output_dir explanations
 
 Attention weights need the eager attention kernel: the model switches to it when asked for `output_attentions`. The
-figure is drawn on matplotlib's Agg canvas, so no display is needed.
+figure is drawn on matplotlib's Agg canvas, so no display is needed. Weights load from safetensors files only, unless
+`--allow_pickle`; the checkpoint's model type and the output folder are checked before the model loads.
 """
 
 import json
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from transformers import AutoModelForSequenceClassification, AutoProcessor, HfArgumentParser
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoProcessor, HfArgumentParser
 
+from cmt_training.trainer import check_writable
 from modeling_cmt.pipeline_cmt import as_audio_text_input, check_classification_model, check_waveform, read_audio
 
 
@@ -41,6 +43,13 @@ class ExplainArguments:
     name: str | None = field(default=None, metadata={"help": "File name stem of the outputs (default: the audio's)."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run the model code stored with the checkpoint instead of the package's."}
+    )
+    allow_pickle: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load weights stored as a pickle (pytorch_model.bin), which can run code hidden in the file: "
+            "only for checkpoints you trust. By default only safetensors weights load."
+        },
     )
     device: str = field(default="cpu", metadata={"help": "'cpu', 'cuda' or 'cuda:N'."})
 
@@ -126,6 +135,7 @@ def explain(model, processor, audio, text: str, sampling_rate: int | None = None
                 text=text,
                 sampling_rate=rate,
                 min_audio_samples=model.config.min_input_samples(),
+                max_text_length=processor.text_token_limit(model.config),
                 return_tensors="pt",
             )
         except ValueError as error:
@@ -240,15 +250,26 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         (args,) = parser.parse_args_into_dataclasses(argv)
 
-    # importing modeling_cmt (above) registers CMT with the Auto classes
+    # what the model is and where the figure goes, checked before the model loads
+    config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    if config.model_type != "cmt":
+        raise ValueError(
+            f"--model_name_or_path {args.model_name_or_path!r} is a {config.model_type!r} model, not a CMT "
+            "classification checkpoint."
+        )
+    output_dir = Path(args.output_dir)
+    check_writable(output_dir)
+
+    # importing modeling_cmt (above) registers CMT with the Auto classes; None: safetensors, else the pickle
     model = AutoModelForSequenceClassification.from_pretrained(
-        args.model_name_or_path, trust_remote_code=args.trust_remote_code
+        args.model_name_or_path,
+        config=config,
+        trust_remote_code=args.trust_remote_code,
+        use_safetensors=None if args.allow_pickle else True,
     ).to(args.device)
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     explanation = explain(model, processor, args.audio, args.text)
 
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or Path(args.audio).stem
     plot(explanation, output_dir / f"{stem}.png")
     (output_dir / f"{stem}.json").write_text(json.dumps(explanation, indent=1))

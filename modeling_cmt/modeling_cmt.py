@@ -10,11 +10,14 @@ The audio tower's speed patches live in `tower_patches.py`; input values are che
 import inspect
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from huggingface_hub import is_offline_mode
+from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.dynamic_module_utils import custom_object_save
@@ -26,7 +29,15 @@ from transformers.models.hubert.modeling_hubert import eager_attention_forward
 from transformers.models.roberta.modeling_roberta import RobertaLMHead
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    ModelOutput,
+    TransformersKwargs,
+    logging,
+)
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import (
     OutputRecorder,
@@ -40,6 +51,9 @@ from .tower_patches import patch_audio_tower
 
 
 logger = logging.get_logger(__name__)
+
+# The `from_pretrained` keyword arguments that say where a checkpoint's files are, for reading its config alone.
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -418,6 +432,84 @@ class CMTClassificationHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Loading checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CMTCheckpointError(Exception):
+    """
+    A checkpoint whose weights CMT will not load: stored only as a pickle (which can run code when loaded), or a
+    damaged safetensors file. Not an `OSError` or `ValueError` on purpose: `transformers.pipeline()` catches those
+    from every model class it tries and re-raises them as one dump of tracebacks; this error reaches the caller as the
+    one sentence it is.
+    """
+
+
+def _refuse_pickle_weights(name_or_path, subfolder: str = "") -> None:
+    """Raises `CMTCheckpointError` when the local folder `name_or_path` holds pickle weights (`pytorch_model.bin`)
+    but no safetensors weights."""
+    folder = os.path.join(name_or_path, subfolder)
+    if not os.path.isdir(folder):
+        return
+    files = set(os.listdir(folder))
+    pickles = [name for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if name in files]
+    if pickles and not files & {SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME}:
+        raise CMTCheckpointError(
+            f"{os.fspath(name_or_path)!r} holds its weights only as a pickle ({pickles[0]}), and loading a pickle can "
+            "run any code hidden in it, so CMT loads safetensors weights only. If you trust where the file comes "
+            "from, opt in with `use_safetensors=False` (a pipeline: `model_kwargs={'use_safetensors': False}`; "
+            "cmt-predict, examples/explain.py and the training scripts: `--allow_pickle`), then `save_pretrained` "
+            "the model once to get a model.safetensors."
+        )
+
+
+@contextmanager
+def _clear_loading_errors(name_or_path, use_safetensors: bool | None, subfolder: str = ""):
+    """Around a `from_pretrained`: refuses pickle-only folders (with `use_safetensors=True`) and names a damaged
+    safetensors file, instead of the pickle loading or a bare `SafetensorError`."""
+    if use_safetensors:
+        _refuse_pickle_weights(name_or_path, subfolder)
+    try:
+        yield
+    except SafetensorError as error:
+        raise CMTCheckpointError(
+            f"The safetensors weights of {os.fspath(name_or_path)!r} are damaged or incomplete ({error}), most likely "
+            "cut short by an interrupted download or save: download or save them again."
+        ) from error
+
+
+def _offline_hint(name_or_path) -> str:
+    """What to do when a Hub id cannot be loaded: how HF_HUB_OFFLINE=1 helps, or what it implies when it is set."""
+    if os.path.isdir(name_or_path):
+        return ""
+    if is_offline_mode():
+        return (
+            f" HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched: download {name_or_path!r} "
+            f"where there is network (`hf download {name_or_path}`) or pass a local folder."
+        )
+    return (
+        " On a machine without network, set HF_HUB_OFFLINE=1: loading then uses only the local Hugging Face cache "
+        "and fails at once instead of retrying."
+    )
+
+
+def _check_model_type(model_class, name_or_path, kwargs: dict) -> None:
+    """Raises a `ValueError` unless the checkpoint's config (or the `config` passed) is a CMT config."""
+    config = kwargs.get("config")
+    if isinstance(config, PretrainedConfig):
+        model_type = config.model_type
+    else:
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        model_type = PretrainedConfig.get_config_dict(config or name_or_path, **hub_kwargs)[0].get("model_type")
+    if model_type != CMTConfig.model_type:
+        raise ValueError(
+            f"{os.fspath(name_or_path)!r} holds a {model_type!r} model, not a CMT checkpoint, so "
+            f"{model_class.__name__}.from_pretrained cannot load it. To build CMT on tower checkpoints, use "
+            f"{model_class.__name__}.from_audio_text_pretrained(audio_model_name_or_path, text_model_name_or_path)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Pretrained model base
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -452,6 +544,26 @@ class CMTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CMTForPreTraining):
             init.zeros_(module.codebook)  # all-zero = not fitted yet
 
+    # --- loading ------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, use_safetensors: bool | None = True, **kwargs
+    ) -> "CMTPreTrainedModel":
+        """
+        As `PreTrainedModel.from_pretrained`, but from safetensors weights only unless told otherwise: a folder whose
+        weights are only a pickle (`pytorch_model.bin`) is refused with a `CMTCheckpointError`, since loading a
+        pickle can run code hidden in it. `use_safetensors=False` (or `None`, transformers' default) opts in. A
+        checkpoint of another model type is refused with a `ValueError`, a damaged weights file is named.
+        """
+        if pretrained_model_name_or_path is None:
+            return super().from_pretrained(None, *model_args, use_safetensors=use_safetensors, **kwargs)
+        _check_model_type(cls, pretrained_model_name_or_path, kwargs)
+        with _clear_loading_errors(pretrained_model_name_or_path, use_safetensors, kwargs.get("subfolder", "")):
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, use_safetensors=use_safetensors, **kwargs
+            )
+
     # --- construction from tower checkpoints and presets -------------------------------------------------------------
 
     # Whether `from_audio_text_pretrained` loads the text checkpoint's LM head too (the pretraining MLM head).
@@ -467,7 +579,9 @@ class CMTPreTrainedModel(PreTrainedModel):
 
         Keyword arguments prefixed with `audio_` / `text_` go to the tower's `from_pretrained` (e.g.
         `audio_revision="main"`, `text_attn_implementation="eager"`); the others configure [`CMTConfig`] (e.g.
-        `num_cross_layers=4`, `num_labels=4`, `attn_implementation="sdpa"`).
+        `num_cross_layers=4`, `num_labels=4`, `attn_implementation="sdpa"`). The towers load from safetensors weights
+        only, as [`from_pretrained`] does; `use_safetensors` goes to both towers with transformers' meaning (`None`:
+        safetensors where there are, else the pickle) and `audio_use_safetensors=False` loads one tower's pickle.
 
         Example:
 
@@ -481,6 +595,9 @@ class CMTPreTrainedModel(PreTrainedModel):
         if "attn_implementation" in kwargs:
             audio_kwargs.setdefault("attn_implementation", kwargs["attn_implementation"])
             text_kwargs.setdefault("attn_implementation", kwargs["attn_implementation"])
+        use_safetensors = kwargs.pop("use_safetensors", True)
+        audio_kwargs.setdefault("use_safetensors", use_safetensors)
+        text_kwargs.setdefault("use_safetensors", use_safetensors)
 
         audio_model = _load_tower(AutoModel, audio_model_name_or_path, "audio", audio_kwargs)
         wants_lm_head = cls._loads_text_lm_head and kwargs.get("mlm_loss_weight", CMTConfig.mlm_loss_weight) > 0
@@ -603,16 +720,25 @@ class CMTPreTrainedModel(PreTrainedModel):
 
 
 def _load_tower(auto_class, name_or_path: str, side: str, tower_kwargs: dict) -> PreTrainedModel:
+    hub_kwargs = {key: tower_kwargs[key] for key in HUB_KWARGS if key in tower_kwargs}
     try:
-        config = tower_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path)
+        config = tower_kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
     except OSError as error:
-        raise ValueError(f"Could not load the {side} tower config from {name_or_path!r}: {error}") from error
+        raise ValueError(
+            f"Could not load the {side} tower config from {name_or_path!r}: {error}{_offline_hint(name_or_path)}"
+        ) from error
     if (
         auto_class is AutoModel
         and "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)].__init__).parameters
     ):
         tower_kwargs.setdefault("add_pooling_layer", False)
-    return auto_class.from_pretrained(name_or_path, config=config, **tower_kwargs)
+    try:
+        with _clear_loading_errors(name_or_path, tower_kwargs.get("use_safetensors"), hub_kwargs.get("subfolder", "")):
+            return auto_class.from_pretrained(name_or_path, config=config, **tower_kwargs)
+    except OSError as error:
+        raise ValueError(
+            f"Could not load the {side} tower weights from {name_or_path!r}: {error}{_offline_hint(name_or_path)}"
+        ) from error
 
 
 def _split_top_layers(audio_config: dict, audio_state: dict, num_layers: int, kwargs: dict):
@@ -817,8 +943,11 @@ class CMTModel(CMTPreTrainedModel):
                     f"modality={self.config.modality!r} needs `input_ids` (the tokenized transcript); CMTProcessor "
                     "tokenizes text."
                 )
-            if input_ids.dim() != 2:
-                raise ValueError(f"`input_ids` must have shape (batch, tokens), got {tuple(input_ids.shape)}.")
+            if input_ids.dim() != 2 or torch.is_floating_point(input_ids) or input_ids.dtype == torch.bool:
+                raise ValueError(
+                    f"`input_ids` must be an integer tensor of token ids of shape (batch, tokens), got "
+                    f"{input_ids.dtype} of shape {tuple(input_ids.shape)}; CMTProcessor tokenizes text."
+                )
             if attention_mask is not None and attention_mask.shape != input_ids.shape:
                 raise ValueError(
                     f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has "
@@ -1293,6 +1422,7 @@ class CMTForPreTraining(CMTPreTrainedModel):
 
 __all__ = [
     "CMTAudioTowerOutput",
+    "CMTCheckpointError",
     "CMTForPreTraining",
     "CMTForSequenceClassification",
     "CMTModel",

@@ -6,8 +6,10 @@ config.json, so `pipeline("audio-text-classification", model=path, trust_remote_
 `modeling_cmt` package is not installed.
 """
 
+import io
 import os
 import re
+import struct
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 from transformers import Pipeline, pipeline
 from transformers.utils import logging
 
-from .processing_cmt import CMTProcessor, _to_mono_float, check_waveform
+from .processing_cmt import CMTProcessor, _audio_items, _to_mono_float, check_sampling_rate, check_waveform
 
 
 logger = logging.get_logger(__name__)
@@ -26,10 +28,16 @@ TASK = "audio-text-classification"
 FUNCTIONS_TO_APPLY = ("softmax", "sigmoid", "none")
 # CMU-MOSEI sentiment is annotated in [-3, 3]; the 7-class view rounds into that range.
 SENTIMENT_BOUND = 3.0
-PREPROCESS_PARAMETERS = ("sampling_rate", "allow_audio_only", "max_audio_seconds", "max_text_length")
+PREPROCESS_PARAMETERS = ("sampling_rate", "channel_axis", "allow_audio_only", "max_audio_seconds", "max_text_length")
 POSTPROCESS_PARAMETERS = ("top_k", "function_to_apply", "sentiment_views")
+# What happens to an input that cannot be classified: raise an error naming it, or return `{"error": message}` in its
+# place (as `datasets`' readers take `on_bad_files`).
+ON_BAD_INPUTS = ("error", "return")
 # Per-item values that travel beside the tensors from `preprocess` to `postprocess`.
-METADATA_KEYS = ("input_name", "transcript", "transcript_source")
+METADATA_KEYS = ("input_name", "transcript", "transcript_source", "error")
+# A decoder may end a little before the duration a header declares (MP3 encoder padding is ~0.1 s); a file that
+# decodes to less than this much short of it, and to under 90 % of it, is truncated.
+TRUNCATION_TOLERANCE_SECONDS = 0.25
 
 
 @dataclass
@@ -97,6 +105,46 @@ class RowDataset(torch.utils.data.Dataset):
         return as_audio_text_input(self.rows[index], index=index)
 
 
+def _wav_bytes_missing(source) -> tuple[int, int] | None:
+    """For a RIFF WAV file (a path or its bytes) that ends before its `data` chunk does: (bytes the header declares,
+    bytes present). FFmpeg decodes such a file without a word, up to where it ends."""
+    with open(source, "rb") if isinstance(source, (str, os.PathLike)) else io.BytesIO(source) as file:
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
+        header = file.read(12)
+        if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        while len(chunk := file.read(8)) == 8:
+            chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"data":
+                present = size - file.tell()
+                if chunk_size in (0, 0xFFFFFFFF) or present >= chunk_size:  # streamed WAVs leave the size unset
+                    return None
+                return chunk_size, present
+            file.seek(chunk_size + chunk_size % 2, os.SEEK_CUR)
+    return None
+
+
+def _check_complete(decoder, samples, source, name: str) -> None:
+    """Refuses audio that decodes to less than its header declares (a file cut short by an interrupted copy or
+    download): classifying the part that is there would give a confident answer about an utterance the model never
+    heard in full."""
+    missing = _wav_bytes_missing(source) if isinstance(source, (str, os.PathLike, bytes)) else None
+    if missing is not None:
+        declared, present = missing
+        reason = f"its header declares {declared} bytes of audio, the file holds {present} ({present / declared:.0%})"
+    else:
+        declared = decoder.metadata.duration_seconds_from_header
+        decoded = samples.data.shape[-1] / samples.sample_rate
+        if not declared or declared - decoded <= TRUNCATION_TOLERANCE_SECONDS or decoded >= 0.9 * declared:
+            return
+        reason = f"its header declares {declared:.2f} s of audio, only {decoded:.2f} s decode"
+    raise ValueError(
+        f"{name} is truncated: {reason}. Copy or download it again; to classify the part that is there, decode it "
+        "yourself and pass the samples as an array."
+    )
+
+
 def _decode(source, name: str) -> tuple[np.ndarray, int]:
     """Decodes a file path or encoded bytes with torchcodec (any format FFmpeg reads): `(channels, samples)`, rate."""
     try:  # kept out of the remote-code import check: only files and bytes need torchcodec
@@ -107,38 +155,49 @@ def _decode(source, name: str) -> tuple[np.ndarray, int]:
             "`apt-get install ffmpeg`); or pass the waveform as an array."
         ) from error
 
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        raise IsADirectoryError(f"{name} is a directory, not an audio file: pass the audio files in it.")
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
         raise FileNotFoundError(f"{name}: no such file.")
     try:
-        samples = AudioDecoder(source).get_all_samples()
+        decoder = AudioDecoder(source)
+        samples = decoder.get_all_samples()
     except (RuntimeError, ValueError) as error:
         reason = re.sub(r"^.*?\.cpp:\d+, ", "", str(error)).strip()
         if "No audio frames were decoded" in reason:
             raise ValueError(f"{name} is empty: it holds no audio frames.") from error
         raise ValueError(f"Could not decode {name}: {reason}") from error
+    _check_complete(decoder, samples, source, name)
     return samples.data.numpy(), int(samples.sample_rate)
 
 
-def read_audio(item: AudioTextInput, default_rate: int, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
+def read_audio(
+    item: AudioTextInput, default_rate: int, sampling_rate: int | None = None, channel_axis: int | None = None
+) -> tuple[np.ndarray, int]:
     """
-    The waveform of `item` as a NumPy array (1-D, or 2-D multi-channel; any numeric dtype) and its sampling rate.
-    Files and bytes are decoded at their own rate; arrays take `item.sampling_rate`, then `sampling_rate`, then
-    `default_rate` (with a warning).
+    The waveform of `item` as a 1-D float32 NumPy array and its sampling rate. Files and bytes are decoded at their
+    own rate, and their channels averaged; arrays (any numeric dtype) take `item.sampling_rate`, then
+    `sampling_rate`, then `default_rate` (with a warning), and a 2-D array is one multi-channel utterance whose
+    channels are on `channel_axis` (or on its one short axis).
     """
     audio, name = item.audio, item.name
     rate = item.sampling_rate
     if isinstance(audio, (str, os.PathLike, bytes)):
-        return _decode(audio, name)
+        waveform, rate = _decode(audio, name)
+        return _to_mono_float(waveform, name, channel_axis=0), rate
     if hasattr(audio, "get_all_samples"):  # a torchcodec AudioDecoder, as `datasets` 5 decodes audio columns
         samples = audio.get_all_samples()
-        return samples.data.numpy(), int(samples.sample_rate)
+        _check_complete(audio, samples, None, name)
+        return _to_mono_float(samples.data.numpy(), name, channel_axis=0), int(samples.sample_rate)
     if isinstance(audio, dict):
         array = audio.get("array", audio.get("raw"))
         if array is None:
             if audio.get("bytes") is not None:
-                return _decode(audio["bytes"], name)
+                waveform, rate = _decode(audio["bytes"], name)
+                return _to_mono_float(waveform, name, channel_axis=0), rate
             if audio.get("path"):
-                return _decode(audio["path"], name)
+                waveform, rate = _decode(audio["path"], name)
+                return _to_mono_float(waveform, name, channel_axis=0), rate
             raise ValueError(
                 f"{name}: an audio dict needs `array` (or `raw`) and `sampling_rate`, or a `path`; got keys "
                 f"{sorted(audio)}."
@@ -160,7 +219,7 @@ def read_audio(item: AudioTextInput, default_rate: int, sampling_rate: int | Non
             "`sampling_rate=` or a {'array': ..., 'sampling_rate': ...} dict to avoid silent errors."
         )
         rate = default_rate
-    return audio, int(rate)
+    return _to_mono_float(audio, name, channel_axis), check_sampling_rate(rate, f"The sampling rate of {name}")
 
 
 def check_classification_model(model) -> None:
@@ -196,9 +255,12 @@ class AudioTextClassificationPipeline(Pipeline):
         - `{"array": waveform, "sampling_rate": rate}` (or `"raw"` for `"array"`, as the transformers audio
           pipelines take it);
         - a bare waveform (NumPy array or torch tensor) at `sampling_rate=` or, with a warning, at the feature
-          extractor's rate;
+          extractor's rate; a 2-D array is a batch `(batch, samples)`, as transformers' feature extractors read it,
+          unless `channel_axis` says it is one multi-channel utterance;
         - a dataset row: a dict with `audio` (any of the above, or a decoded `datasets` audio object) and `text`.
-    Audio of any rate, integer or float, mono or multi-channel is resampled and downmixed by [`CMTProcessor`].
+    Audio of any rate, integer or float, is resampled by [`CMTProcessor`]. Multi-channel audio is downmixed: decoded
+    files, and 2-D arrays in an audio dict (one utterance; the channels are on `channel_axis`, or on the one short
+    axis).
 
     The transcript comes from `text=` (a string, or one string per item of a list) or from the row's `text`. When it
     is missing or blank, `asr_model` transcribes the audio; without one the pipeline raises, unless
@@ -209,6 +271,8 @@ class AudioTextClassificationPipeline(Pipeline):
         function_to_apply (`str`, *optional*): `"softmax"`, `"sigmoid"` or `"none"`; defaults to `"none"` for
             regression heads, `"sigmoid"` for multi-label heads and `"softmax"` otherwise.
         sampling_rate (`int`, *optional*): rate of bare waveforms.
+        channel_axis (`int`, *optional*): where the channels of a multi-channel array are (`0`: `(channels, samples)`,
+            `-1`: `(samples, channels)`); with it, a bare 2-D array is one utterance rather than a batch.
         asr_model (model id, path, or an `automatic-speech-recognition` pipeline): transcribes items without a
             transcript.
         allow_audio_only (`bool`, *optional*, defaults to `False`): classify items without a transcript from audio
@@ -220,6 +284,9 @@ class AudioTextClassificationPipeline(Pipeline):
             Longer transcripts are truncated with a warning.
         sentiment_views (`bool`, *optional*, defaults to `True`): for regression heads, add the CMU-MOSEI views of
             the score (see below).
+        on_bad_inputs (`str`, *optional*, defaults to `"error"`): what to do with an input that cannot be classified
+            (a missing or undecodable file, audio that is too short, no transcript, ...): `"error"` raises an error
+            naming it; `"return"` puts `{"error": message}` in its place and classifies the others.
 
     Returns, per input:
         - classification heads: a list of `{"label": str, "score": float}`, best first;
@@ -228,6 +295,7 @@ class AudioTextClassificationPipeline(Pipeline):
           (`"positive"` if score > 0, `"negative"` if < 0, `"neutral"` if exactly 0: the Acc2 view).
     When the pipeline chose the transcript (ASR or audio-only), every returned dict also has `"transcript"` (the text
     the model read; ASR output is stripped of surrounding whitespace) and `"audio_only"` (`True` when it is empty).
+    With `on_bad_inputs="return"`, an input that failed gives `{"error": message}`, the message naming the input.
 
     Example:
 
@@ -284,10 +352,11 @@ class AudioTextClassificationPipeline(Pipeline):
 
     # --- parameters --------------------------------------------------------------------------------------------------
 
-    def _sanitize_parameters(self, asr_model=None, **kwargs):
+    def _sanitize_parameters(self, asr_model=None, on_bad_inputs=None, **kwargs):
         unknown = sorted(set(kwargs) - set(PREPROCESS_PARAMETERS) - set(POSTPROCESS_PARAMETERS))
         if unknown:
-            accepted = PREPROCESS_PARAMETERS + POSTPROCESS_PARAMETERS + ("asr_model", "text", "batch_size")
+            accepted = PREPROCESS_PARAMETERS + POSTPROCESS_PARAMETERS
+            accepted += ("asr_model", "on_bad_inputs", "text", "batch_size")
             raise TypeError(
                 f"AudioTextClassificationPipeline got unexpected arguments {unknown}; it accepts {sorted(accepted)}."
             )
@@ -295,6 +364,10 @@ class AudioTextClassificationPipeline(Pipeline):
         postprocess_params = {key: kwargs[key] for key in POSTPROCESS_PARAMETERS if key in kwargs}
         if asr_model is not None:
             preprocess_params["asr_pipeline"] = self._asr_pipeline(asr_model)
+        if on_bad_inputs is not None:
+            if on_bad_inputs not in ON_BAD_INPUTS:
+                raise ValueError(f"`on_bad_inputs` must be one of {list(ON_BAD_INPUTS)}, got {on_bad_inputs!r}.")
+            preprocess_params["on_bad_inputs"] = postprocess_params["on_bad_inputs"] = on_bad_inputs
 
         top_k = postprocess_params.get("top_k")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -308,18 +381,25 @@ class AudioTextClassificationPipeline(Pipeline):
         max_audio_seconds = preprocess_params.get("max_audio_seconds")
         if max_audio_seconds is not None and not max_audio_seconds > 0:
             raise ValueError(f"`max_audio_seconds` must be positive or None (no limit), got {max_audio_seconds!r}.")
-        sampling_rate = preprocess_params.get("sampling_rate")
-        if sampling_rate is not None and not sampling_rate > 0:
-            raise ValueError(f"`sampling_rate` must be positive, got {sampling_rate!r}.")
+        if preprocess_params.get("sampling_rate") is not None:
+            preprocess_params["sampling_rate"] = check_sampling_rate(
+                preprocess_params["sampling_rate"], "`sampling_rate`"
+            )
         return preprocess_params, {}, postprocess_params
 
     def _asr_pipeline(self, asr_model):
-        """An `automatic-speech-recognition` pipeline from an id or path (loaded once), or the callable given."""
+        """An `automatic-speech-recognition` pipeline from an id or path (loaded once, from safetensors weights only:
+        for a pickle you trust, pass a pipeline object), or the callable given."""
         if isinstance(asr_model, (str, os.PathLike)):
             loaded = self.__dict__.setdefault("_asr_pipelines", {})
             key = os.fspath(asr_model)
             if key not in loaded:
-                loaded[key] = pipeline("automatic-speech-recognition", model=key, device=self.device)
+                loaded[key] = pipeline(
+                    "automatic-speech-recognition",
+                    model=key,
+                    device=self.device,
+                    model_kwargs={"use_safetensors": True},
+                )
             return loaded[key]
         if callable(asr_model):
             return asr_model
@@ -330,11 +410,7 @@ class AudioTextClassificationPipeline(Pipeline):
 
     def default_max_text_length(self) -> int:
         """The longest transcript (in tokens) the tokenizer and the text tower's position embeddings both take."""
-        text_config = self.model.config.text_config
-        positions = text_config.max_position_embeddings
-        if "roberta" in text_config.model_type:
-            positions -= text_config.pad_token_id + 1  # RoBERTa's positions start after the padding index
-        return min(self.tokenizer.model_max_length, positions)
+        return self.processor.text_token_limit(self.model.config)
 
     # --- calling -----------------------------------------------------------------------------------------------------
 
@@ -349,11 +425,17 @@ class AudioTextClassificationPipeline(Pipeline):
             text (`str` or `list[str]`, *optional*):
                 The transcript, or one per item of a list; overrides the items' own `text`.
         """
+        array_batch = isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 2
+        if array_batch and kwargs.get("channel_axis") is None:
+            inputs = _audio_items(inputs, None)  # (batch, samples), as transformers' feature extractors read it
         if isinstance(inputs, list):
+            if not inputs:
+                return []
             if text is not None and (isinstance(text, str) or len(text) != len(inputs)):
+                hint = " (a 2-D array is a batch; for one multi-channel utterance pass `channel_axis`)" * array_batch
                 raise ValueError(
-                    f"Got {len(inputs)} audio inputs: pass `text` as a list of {len(inputs)} transcripts (or put "
-                    "each transcript in its input dict)."
+                    f"Got {len(inputs)} audio inputs{hint}: pass `text` as a list of {len(inputs)} transcripts (or "
+                    "put each transcript in its input dict)."
                 )
             texts = text if text is not None else [None] * len(inputs)
             inputs = [
@@ -375,15 +457,30 @@ class AudioTextClassificationPipeline(Pipeline):
         self,
         inputs,
         sampling_rate: int | None = None,
+        channel_axis: int | None = None,
         asr_pipeline=None,
         allow_audio_only: bool = False,
         max_audio_seconds: float | None = 60.0,
         max_text_length: int | None = None,
+        on_bad_inputs: str = "error",
     ) -> dict:
         item = as_audio_text_input(inputs)
+        try:
+            return self._prepare(
+                item, sampling_rate, channel_axis, asr_pipeline, allow_audio_only, max_audio_seconds, max_text_length
+            )
+        except Exception as error:  # whatever fails, with "return" it is that input's result
+            if on_bad_inputs == "error":
+                raise
+            message = str(error) if item.name in str(error) else f"{item.name}: {error}"
+            return self._placeholder(item.name, message)
+
+    def _prepare(
+        self, item, sampling_rate, channel_axis, asr_pipeline, allow_audio_only, max_audio_seconds, max_text_length
+    ) -> dict:
         name = item.name
         target_rate = self.feature_extractor.sampling_rate
-        waveform, rate = read_audio(item, target_rate, sampling_rate)
+        waveform, rate = read_audio(item, target_rate, sampling_rate, channel_axis)
         check_waveform(waveform, rate, name, max_audio_seconds)
 
         transcript, source = item.text, "given"
@@ -392,8 +489,7 @@ class AudioTextClassificationPipeline(Pipeline):
         if transcript is None or not transcript.strip():
             state = "is empty" if transcript is not None else "is missing"
             if asr_pipeline is not None:
-                mono = _to_mono_float(waveform, 0)
-                transcript, source = asr_pipeline({"raw": mono, "sampling_rate": rate})["text"].strip(), "asr"
+                transcript, source = asr_pipeline({"raw": waveform, "sampling_rate": rate})["text"].strip(), "asr"
             elif allow_audio_only:
                 transcript, source = "", "none"
             else:
@@ -422,7 +518,28 @@ class AudioTextClassificationPipeline(Pipeline):
 
         resampled = model_inputs["input_values"][0].numpy()
         check_waveform(resampled, target_rate, name, min_samples=self.model.config.min_input_samples())
-        return {**model_inputs, "input_name": name, "transcript": transcript, "transcript_source": source}
+        return {
+            **model_inputs,
+            "input_name": name,
+            "transcript": transcript,
+            "transcript_source": source,
+            "error": None,
+        }
+
+    def _placeholder(self, name: str, message: str) -> dict:
+        """What a failed input carries through the batch: the smallest inputs the model takes (silence as short as the
+        audio front end allows, an empty transcript), so batches keep their shape, and the error for `postprocess`."""
+        if "_placeholder_inputs" not in self.__dict__:
+            rate = self.feature_extractor.sampling_rate
+            silence = np.zeros(self.model.config.min_input_samples(), dtype=np.float32)
+            self._placeholder_inputs = self.processor(audio=silence, text="", sampling_rate=rate, return_tensors="pt")
+        return {
+            **self._placeholder_inputs,
+            "input_name": name,
+            "transcript": "",
+            "transcript_source": "given",
+            "error": message,
+        }
 
     def _forward(self, model_inputs: dict) -> dict:
         tensors = {key: value for key, value in model_inputs.items() if key not in METADATA_KEYS}
@@ -430,12 +547,22 @@ class AudioTextClassificationPipeline(Pipeline):
         return {"logits": logits, **{key: model_inputs[key] for key in METADATA_KEYS}}
 
     def postprocess(
-        self, model_outputs: dict, top_k: int | None = None, function_to_apply: str | None = None, sentiment_views=True
+        self,
+        model_outputs: dict,
+        top_k: int | None = None,
+        function_to_apply: str | None = None,
+        sentiment_views=True,
+        on_bad_inputs: str = "error",
     ) -> list[dict] | dict:
+        if model_outputs["error"] is not None:
+            return {"error": model_outputs["error"]}
         config = self.model.config
         logits = model_outputs["logits"][0].float()  # (num_labels,)
         if not torch.isfinite(logits).all():
-            raise ValueError(f"The model returned NaN or Inf scores for {model_outputs['input_name']}.")
+            message = f"The model returned NaN or Inf scores for {model_outputs['input_name']}."
+            if on_bad_inputs == "return":
+                return {"error": message}
+            raise ValueError(message)
         regression = config.num_labels == 1 or config.problem_type == "regression"
         if function_to_apply is None:
             if regression:

@@ -8,19 +8,23 @@ Inputs are directories (searched recursively for audio files), glob patterns, au
 an `audio` column (paths relative to the manifest) and an optional `text` column. For directory, glob and file inputs
 the transcript is read from a `<name>.txt` file beside the audio when there is one.
 
-The output is appended to: rows whose `audio` is already in it are skipped, so an interrupted run resumes where it
-stopped (`--overwrite` starts afresh). A row that fails (missing or undecodable file, audio too short, NaN samples,
-no transcript, ...) is written with an `error` naming its row number and the reason and does not stop the others; the
-run ends with a summary and exits with 1 when any row failed.
+The output is appended to: rows already in it (the same audio file, however its path is spelled, with the same
+transcript) are skipped, so an interrupted run resumes where it stopped (`--overwrite` starts afresh); a last record
+cut short by the interruption is removed and its row classified again. A row that fails (missing, undecodable or
+truncated file, audio too short, NaN samples, no transcript, ...) is written with an `error` naming its row number and
+the reason and does not stop the others; the run ends with a summary and exits with 1 when any row failed. Weights
+load from safetensors files only, unless `--allow_pickle`.
 """
 
 import argparse
+import codecs
 import csv
 import glob
 import io
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +33,36 @@ import torch
 from tqdm.auto import tqdm
 from transformers import pipeline
 
-from .pipeline_cmt import TASK
+from .modeling_cmt import CMTCheckpointError
+from .pipeline_cmt import TASK, AudioTextInput
 
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".wma", ".aif", ".aiff"}
 OUTPUT_FORMATS = (".csv", ".jsonl")
+MANIFEST_FORMATS = (".csv", ".jsonl")
+
+
+def transcript_key(text) -> str | None:
+    """How a transcript tells rows of the same audio apart: `None` when there is none (missing or blank), the JSON of
+    a value that is not a string (as the error rows write it)."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    return text if isinstance(text, str) else json.dumps(text)
 
 
 @dataclass
 class Row:
-    """One utterance to classify: its 1-based row number, `audio` as given, the path to read and the transcript."""
+    """One utterance to classify: its 1-based row number, `audio` as given, the file it names (absolute, symbolic
+    links resolved, so that two spellings of one path are one file) and the transcript."""
 
     number: int
     audio: str
     path: str
     text: Any = None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return self.path, transcript_key(self.text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,12 +80,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", "-o", required=True, help="Where to write the predictions: a .csv or .jsonl file.")
     parser.add_argument("--audio_column", default="audio", help="Manifest column holding the audio path.")
     parser.add_argument("--text_column", default="text", help="Manifest column holding the transcript.")
+    parser.add_argument(
+        "--manifest_encoding",
+        default="utf-8",
+        help="Text encoding of manifests and .txt transcripts (UTF-8 may start with a BOM, as Excel writes it).",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="Utterances per forward pass.")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     parser.add_argument(
         "--trust_remote_code",
         action="store_true",
         help="Run the pipeline and model code stored with the checkpoint instead of the installed package's.",
+    )
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="Also load weights stored as a pickle (pytorch_model.bin), which can run code hidden in the file: only "
+        "for checkpoints you trust. By default only safetensors weights load.",
     )
     parser.add_argument("--asr_model", help="ASR model id or path that transcribes rows without a transcript.")
     parser.add_argument(
@@ -85,6 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}.")
     if args.max_audio_seconds < 0:
         parser.error(f"--max_audio_seconds must be >= 0, got {args.max_audio_seconds}.")
+    try:
+        codecs.lookup(args.manifest_encoding)
+    except LookupError:
+        parser.error(f"--manifest_encoding {args.manifest_encoding!r} is not a text encoding Python knows.")
     return args
 
 
@@ -93,27 +127,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _sidecar_text(path: Path) -> str | None:
+def _read_text(path: Path, encoding: str) -> str:
+    """The text of a manifest or transcript file; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped."""
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
+    try:
+        with open(path, newline="", encoding=encoding) as file:
+            return file.read()
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise SystemExit(
+            f"cmt-predict: error: {path} is not {error.encoding} text (byte 0x{byte:02x} at offset {error.start}). "
+            'Save it as UTF-8 (Excel: "CSV UTF-8"), or name its encoding, e.g. --manifest_encoding latin-1.'
+        ) from error
+
+
+def _sidecar_text(path: Path, encoding: str) -> str | None:
     transcript = path.with_suffix(".txt")
-    return transcript.read_text(encoding="utf-8").strip() if transcript.is_file() else None
+    return _read_text(transcript, encoding).strip() if transcript.is_file() else None
 
 
-def _read_manifest(path: Path, audio_column: str, text_column: str) -> list[tuple[str, str, Any]]:
+def _read_manifest(path: Path, audio_column: str, text_column: str, encoding: str) -> list[tuple[str, str, Any]]:
     """(audio as written, path to read, transcript) per manifest row; relative paths are read from the manifest's
     folder."""
+    content = _read_text(path, encoding)
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as file:
-            records = list(csv.DictReader(file))
+        records = list(csv.DictReader(io.StringIO(content, newline="")))
     else:
-        with open(path, encoding="utf-8") as file:
-            records = []
-            for line_number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise SystemExit(f"cmt-predict: error: {path}, line {line_number} is not JSON: {error}") from error
+        records = []
+        for line_number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"cmt-predict: error: {path}, line {line_number} is not JSON: {error}") from error
     if records and audio_column not in records[0]:
         raise SystemExit(
             f"cmt-predict: error: manifest {path} has no {audio_column!r} column (columns: {sorted(records[0])}); "
@@ -123,12 +171,13 @@ def _read_manifest(path: Path, audio_column: str, text_column: str) -> list[tupl
     for record in records:
         audio = record.get(audio_column)
         audio = "" if audio is None else str(audio)
-        resolved = audio if not audio or os.path.isabs(audio) else str(path.parent / audio)
-        entries.append((audio, resolved, record.get(text_column)))
+        entries.append((audio, str(path.parent / audio) if audio else "", record.get(text_column)))
     return entries
 
 
-def collect_rows(inputs: list[str], audio_column: str = "audio", text_column: str = "text") -> list[Row]:
+def collect_rows(
+    inputs: list[str], audio_column: str = "audio", text_column: str = "text", encoding: str = "utf-8"
+) -> list[Row]:
     """Expands directories, globs and manifests into numbered rows, in the order given."""
     entries = []
     for spec in inputs:
@@ -139,19 +188,22 @@ def collect_rows(inputs: list[str], audio_column: str = "audio", text_column: st
                 raise SystemExit(
                     f"cmt-predict: error: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) in {spec}."
                 )
-            entries += [(str(file), str(file), _sidecar_text(file)) for file in files]
-        elif path.suffix.lower() in (".csv", ".jsonl") and path.is_file():
-            entries += _read_manifest(path, audio_column, text_column)
+            entries += [(str(file), str(file), _sidecar_text(file, encoding)) for file in files]
+        elif path.suffix.lower() in MANIFEST_FORMATS and path.is_file():
+            entries += _read_manifest(path, audio_column, text_column, encoding)
         elif path.is_file():
-            entries.append((spec, spec, _sidecar_text(path)))
+            entries.append((spec, spec, _sidecar_text(path, encoding)))
         elif glob.has_magic(spec):
             files = sorted(glob.glob(spec, recursive=True))
             if not files:
                 raise SystemExit(f"cmt-predict: error: the pattern {spec!r} matches no file.")
-            entries += [(file, file, _sidecar_text(Path(file))) for file in files]
+            entries += [(file, file, _sidecar_text(Path(file), encoding)) for file in files]
         else:
             raise SystemExit(f"cmt-predict: error: {spec!r} is not a file, a directory or a glob pattern.")
-    return [Row(number, audio, resolved, text) for number, (audio, resolved, text) in enumerate(entries, start=1)]
+    return [
+        Row(number, audio, os.path.realpath(path) if path else "", text)
+        for number, (audio, path, text) in enumerate(entries, start=1)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -164,40 +216,119 @@ def output_columns(config) -> list[str]:
         predictions = ["score", "sentiment_class", "polarity"]
     else:
         predictions = ["label", "score"] + [f"score_{config.id2label[index]}" for index in range(config.num_labels)]
-    return ["row", "audio", "text", "text_source", *predictions, "audio_only", "error"]
+    return ["row", "audio", "path", "text", "text_source", *predictions, "audio_only", "error"]
 
 
-def read_done(output: Path, columns: list[str]) -> set[str]:
-    """The `audio` values already in `output`; refuses a file written with other columns (another model)."""
-    if not output.is_file() or output.stat().st_size == 0:
-        return set()
-    if output.suffix.lower() == ".csv":
-        with open(output, newline="", encoding="utf-8") as file:
-            content = file.read()
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        if reader.fieldnames != columns:
+def check_output(output: Path, inputs: list[str]) -> None:
+    """Before any model loads: refuses an output that is one of the inputs (resuming would append to it,
+    `--overwrite` delete it) or that cannot be written, and creates its folder."""
+    for spec in inputs:
+        if Path(spec).is_file() and Path(spec).resolve() == output.resolve():
             raise SystemExit(
-                f"cmt-predict: error: {output} has columns {reader.fieldnames}, but this model writes {columns}. "
-                "Write to another file, or pass --overwrite to replace it."
+                f"cmt-predict: error: --output {output} is the input {spec}: write the predictions to another file."
             )
-        records = list(reader)
-        if not content.endswith("\n"):
-            records = records[:-1]  # the last row was cut short by an interrupted run: it is classified again
-        return {record["audio"] for record in records}
-    done = set()
-    with open(output, encoding="utf-8") as file:
-        for line in file:
+    if output.is_dir():
+        raise SystemExit(f"cmt-predict: error: --output {output} is a directory; name a .csv or .jsonl file in it.")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.exists():
+            open(output, "a").close()
+        else:
+            tempfile.TemporaryFile(dir=output.parent).close()
+    except OSError as error:
+        raise SystemExit(f"cmt-predict: error: cannot write --output {output}: {error.strerror or error}.") from error
+
+
+def _records(content: str, is_csv: bool):
+    """(record as a dict, or as the text it came from when it is not one; offset where it ends) for each record of
+    an output file's `content`; a CSV's header comes first, as the list of its fields."""
+    if not is_csv:
+        offset = 0
+        for line in io.StringIO(content, newline=""):
+            offset += len(line)
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run: its row is classified again
-            if set(record) != set(columns):
+                record = line
+            yield (record if line.endswith("\n") else line), offset
+        return
+    offset = 0
+
+    def lines():  # csv reads one line at a time, so `offset` is where the record it just returned ends
+        nonlocal offset
+        for line in io.StringIO(content, newline=""):
+            offset += len(line)
+            yield line
+
+    header = None
+    for fields in csv.reader(lines()):
+        complete = content[offset - 1 : offset] == "\n"
+        if header is None:
+            header = fields
+            yield (fields if complete else None), offset
+        elif complete and len(fields) == len(header):
+            yield dict(zip(header, fields)), offset
+        else:
+            yield ",".join(fields), offset
+
+
+def _is_complete(record, columns: list[str]) -> bool:
+    """Whether a record is one this program wrote in full: the columns, a row number, and an error or a score."""
+    if not isinstance(record, dict) or set(record) != set(columns):
+        return False
+    try:
+        int(record["row"])
+        if not record["error"]:
+            float(record["score"])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def resume(output: Path, columns: list[str]) -> set[tuple[str, str | None]]:
+    """
+    The keys (file read, transcript) of the rows an earlier run wrote to `output`, after making the file whole: a last
+    record cut short by an interruption is removed from it, so its row is classified again. A file written with other
+    columns (another model) or with a damaged record before its end is refused, never changed.
+    """
+    if not output.is_file() or output.stat().st_size == 0:
+        return set()
+    is_csv = output.suffix.lower() == ".csv"
+    content = output.read_bytes().decode("utf-8", errors="surrogateescape")  # the cut may split a character
+    keys, kept, records = set(), 0, list(_records(content, is_csv))
+    for index, (record, end) in enumerate(records):
+        is_last = index == len(records) - 1
+        if is_csv and index == 0:
+            if record is None and ",".join(columns).startswith(content):
+                break  # the header itself was cut short
+            if record != columns:
                 raise SystemExit(
-                    f"cmt-predict: error: {output} holds records with keys {sorted(record)}, but this model writes "
-                    f"{sorted(columns)}. Write to another file, or pass --overwrite to replace it."
+                    f"cmt-predict: error: {output} has columns {record or content.splitlines()[0]}, but this model "
+                    f"writes {columns}. Write to another file, or pass --overwrite to replace it."
                 )
-            done.add(record["audio"])
-    return done
+        elif isinstance(record, dict) and set(record) != set(columns):
+            raise SystemExit(
+                f"cmt-predict: error: {output} holds records with keys {sorted(record)}, but this model writes "
+                f"{sorted(columns)}. Write to another file, or pass --overwrite to replace it."
+            )
+        elif not _is_complete(record, columns):
+            if is_last:
+                break  # cut short by an interrupted run: removed below, its row is classified again
+            raise SystemExit(
+                f"cmt-predict: error: record {index + (0 if is_csv else 1)} of {output} is damaged ({str(record)[:80]!r}"
+                "), and records follow it: fix or remove it, or pass --overwrite to start afresh."
+            )
+        else:
+            source = record["text_source"]
+            text = record["text"] if source in ("input", "", None) else None  # the transcript given, if any
+            keys.add((record["path"], transcript_key(text)))
+        kept = end
+    if kept < len(content):
+        with open(output, "r+b") as file:
+            file.truncate(len(content[:kept].encode("utf-8", errors="surrogateescape")))
+    return keys
 
 
 class PredictionWriter:
@@ -207,13 +338,7 @@ class PredictionWriter:
         self.columns = columns
         self.is_csv = output.suffix.lower() == ".csv"
         is_new = not output.is_file() or output.stat().st_size == 0
-        if not is_new:
-            with open(output, "rb") as file:
-                file.seek(-1, os.SEEK_END)
-                cut_short = file.read(1) != b"\n"
         self.file = open(output, "a", newline="" if self.is_csv else None, encoding="utf-8")
-        if not is_new and cut_short:
-            self.file.write("\n")
         if self.is_csv:
             self.writer = csv.DictWriter(self.file, fieldnames=columns)
             if is_new:
@@ -233,7 +358,7 @@ class PredictionWriter:
 
 def prediction_record(row: Row, prediction, columns: list[str], used_asr: bool) -> dict:
     record = dict.fromkeys(columns)
-    record.update(row=row.number, audio=row.audio, text=row.text, text_source="input", audio_only=False)
+    record.update(row=row.number, audio=row.audio, path=row.path, text=row.text, text_source="input", audio_only=False)
     entries = prediction if isinstance(prediction, list) else [prediction]
     if "transcript" in entries[0]:
         record.update(
@@ -249,15 +374,15 @@ def prediction_record(row: Row, prediction, columns: list[str], used_asr: bool) 
     return record
 
 
-def error_record(row: Row, error: Exception, columns: list[str]) -> dict:
+def error_record(row: Row, message: str, columns: list[str]) -> dict:
     record = dict.fromkeys(columns)
     text = row.text if row.text is None or isinstance(row.text, str) else json.dumps(row.text)
-    record.update(row=row.number, audio=row.audio, text=text, error=f"row {row.number}: {error}")
+    record.update(row=row.number, audio=row.audio, path=row.path, text=text, error=f"row {row.number}: {message}")
     return record
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Main
+# Classifying
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -269,46 +394,83 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def classify(
-    classifier, rows: list[Row], batch_size: int, call_kwargs: dict
-) -> list[tuple[Row, Any, Exception | None]]:
-    """Predictions for `rows` as one batch; if the batch fails, row by row so one bad row cannot sink the others."""
-    try:
-        items = [{"audio": row.path, "text": row.text} for row in rows]
-        predictions = classifier(items, batch_size=batch_size, **call_kwargs)
-        return [(row, prediction, None) for row, prediction in zip(rows, predictions)]
-    except Exception:  # find the failing rows one by one
-        results = []
-        for row in rows:
-            try:
-                results.append((row, classifier({"audio": row.path, "text": row.text}, **call_kwargs), None))
-            except Exception as error:  # whatever fails, it is reported in the row's error column
-                results.append((row, None, error))
-        return results
+def row_problem(row: Row, args: argparse.Namespace) -> str | None:
+    """What stops a row before the model sees it, said in the command line's terms."""
+    if not row.audio:
+        return f"the manifest's {args.audio_column!r} column is empty."
+    if transcript_key(row.text) is None and not (args.asr_model or args.allow_audio_only):
+        return (
+            f"no transcript for audio file {row.path!r}: add one (the manifest's {args.text_column!r} column, or a "
+            ".txt file of the same name beside the audio), or pass --asr_model to transcribe it or --allow_audio_only "
+            "to classify it from the audio alone."
+        )
+    return None
+
+
+def classify(classifier, rows: list[Row], args: argparse.Namespace, call_kwargs: dict) -> list[dict]:
+    """The output records of `rows`, in order: one batch through the pipeline, whose failed inputs come back as
+    errors (`on_bad_inputs="return"`) without costing the others theirs."""
+    problems = {row.number: row_problem(row, args) for row in rows}
+    ready = [row for row in rows if problems[row.number] is None]
+    items = [AudioTextInput(audio=row.path, text=row.text, name=f"audio file {row.path!r}") for row in ready]
+    results = dict(
+        zip(
+            [row.number for row in ready],
+            classifier(items, batch_size=args.batch_size, on_bad_inputs="return", **call_kwargs) if items else [],
+        )
+    )
+    columns = output_columns(classifier.model.config)
+    records = []
+    for row in rows:
+        result = results.get(row.number)
+        if problems[row.number] is not None:
+            records.append(error_record(row, problems[row.number], columns))
+        elif isinstance(result, dict) and "error" in result:
+            records.append(error_record(row, result["error"], columns))
+        else:
+            records.append(prediction_record(row, result, columns, used_asr=bool(args.asr_model)))
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    # --- rows to classify ---------------------------------------------------------------------------------------------
-    rows = collect_rows(args.inputs, args.audio_column, args.text_column)
+    # --- rows to classify, and where they go (checked before the model loads) --------------------------------------
+    rows = collect_rows(args.inputs, args.audio_column, args.text_column, args.manifest_encoding)
     output = Path(args.output)
+    check_output(output, args.inputs)
 
     # --- model ------------------------------------------------------------------------------------------------------
-    classifier = pipeline(
-        TASK, model=args.model, device=resolve_device(args.device), trust_remote_code=args.trust_remote_code
-    )
+    model_kwargs = {"use_safetensors": None if args.allow_pickle else True}  # None: safetensors, else the pickle
+    try:
+        classifier = pipeline(
+            TASK,
+            model=args.model,
+            device=resolve_device(args.device),
+            trust_remote_code=args.trust_remote_code,
+            model_kwargs=model_kwargs,
+        )
+    except CMTCheckpointError as error:
+        raise SystemExit(f"cmt-predict: error: {error}") from error
+    call_kwargs = {"allow_audio_only": args.allow_audio_only, "max_audio_seconds": args.max_audio_seconds or None}
+    if args.asr_model:
+        call_kwargs["asr_model"] = pipeline(
+            "automatic-speech-recognition", model=args.asr_model, device=classifier.device, model_kwargs=model_kwargs
+        )
+
+    # --- what is left to do: resume, skip repeated rows -------------------------------------------------------------
     columns = output_columns(classifier.model.config)
     if args.overwrite and output.exists():
         output.unlink()
-    done = read_done(output, columns)
-    todo = [row for row in rows if row.audio not in done]
-    call_kwargs = {
-        "allow_audio_only": args.allow_audio_only,
-        "max_audio_seconds": args.max_audio_seconds or None,
-    }
-    if args.asr_model:
-        call_kwargs["asr_model"] = args.asr_model
+    done = resume(output, columns)
+    todo, repeated, keys = [], 0, set(done)
+    for row in rows:
+        if row.key not in keys:
+            todo.append(row)
+            keys.add(row.key)
+        elif row.key not in done:
+            repeated += 1
+    already = len(rows) - len(todo) - repeated
 
     # --- classify and write, batch by batch ---------------------------------------------------------------------------
     writer = PredictionWriter(output, columns)
@@ -317,20 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         with tqdm(total=len(todo), unit="utt", desc="cmt-predict") as progress:
             for start in range(0, len(todo), args.batch_size):
                 batch = todo[start : start + args.batch_size]
-                missing = [row for row in batch if not os.path.isfile(row.path)]
-                present = [row for row in batch if os.path.isfile(row.path)]
-                results = [
-                    (row, None, FileNotFoundError(f"audio file {row.path!r}: no such file.")) for row in missing
-                ]
-                if present:
-                    results += classify(classifier, present, args.batch_size, call_kwargs)
-                records = []
-                for row, prediction, error in sorted(results, key=lambda result: result[0].number):
-                    if error is not None:
-                        failed.append(row.number)
-                        records.append(error_record(row, error, columns))
-                    else:
-                        records.append(prediction_record(row, prediction, columns, used_asr=bool(args.asr_model)))
+                records = classify(classifier, batch, args, call_kwargs)
+                failed += [record["row"] for record in records if record["error"]]
                 writer.write(records)
                 progress.update(len(batch))
     finally:
@@ -341,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"cmt-predict: {len(rows)} rows: {len(todo) - len(failed)} classified, {len(failed)} failed"
         + (f" (rows {shown}; see the error column)" if failed else "")
-        + f", {len(rows) - len(todo)} already in {output}; predictions in {output}."
+        + f", {already} already in {output}"
+        + (f", {repeated} repeating an earlier row (same file and transcript) skipped" if repeated else "")
+        + f"; predictions in {output}."
     )
     return 1 if failed else 0
 

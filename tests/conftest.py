@@ -153,6 +153,42 @@ def write_wav():
     return _write_wav
 
 
+def _wav_header(num_bytes: int, rate: int = 16000) -> bytes:
+    """A 16-bit mono PCM WAV header whose data chunk declares `num_bytes` (0xFFFFFFFF: unset, as streamed WAVs)."""
+    riff_size = min(36 + num_bytes, 0xFFFFFFFF)
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", num_bytes)
+
+
+@pytest.fixture(scope="session")
+def write_truncated_wav():
+    """`write_truncated_wav(path, samples, keep=0.25, declared=None) -> path`: a 16 kHz int16 WAV whose header declares
+    all of `samples` (or `declared` bytes) but whose file holds only the first `keep` of them, as a copy cut short
+    leaves it."""
+
+    def write(path, samples, keep: float = 0.25, declared: int | None = None):
+        data = np.asarray(samples, dtype=np.int16).tobytes()
+        path.write_bytes(_wav_header(len(data) if declared is None else declared) + data[: int(len(data) * keep)])
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def save_pickle_only():
+    """`save_pickle_only(model, path, processor=None) -> path`: a checkpoint whose weights are only the pickle
+    `pytorch_model.bin` (as older checkpoints are), with the model's config and, if given, the processor."""
+
+    def save(model, path, processor=None):
+        model.config.save_pretrained(path)
+        if processor is not None:
+            processor.save_pretrained(path)
+        torch.save(model.state_dict(), Path(path) / "pytorch_model.bin")
+        return path
+
+    return save
+
+
 @pytest.fixture(scope="session")
 def fresh_python():
     """`fresh_python(code, *args, cwd) -> CompletedProcess`: runs `code` in a new interpreter in `cwd`, offline, with

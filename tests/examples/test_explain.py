@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import Wav2Vec2FeatureExtractor
+from transformers import HubertConfig, HubertModel, RobertaTokenizerFast, Wav2Vec2FeatureExtractor
 
 from modeling_cmt import CMTConfig, CMTForSequenceClassification, CMTProcessor
+from modeling_cmt.modeling_cmt import CMTCheckpointError
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +97,46 @@ def test_explain_function_with_mean_pooling(tmp_path, tokenizer):
 
     with pytest.raises(ValueError, match="too short"):
         explain.explain(model, processor, {"array": audio[:100], "sampling_rate": 16000}, "Hello")
+
+
+# --- loading and bad inputs (issue 14) ---------------------------------------------------------------------------
+
+
+def test_a_pickle_only_checkpoint_needs_allow_pickle(tmp_path, tokenizer, save_pickle_only):
+    model, processor = save_checkpoint(tmp_path / "safe", tokenizer)
+    pickled = save_pickle_only(model, tmp_path / "pickled", processor)
+    audio = write_wav(tmp_path / "utterance.wav", 16000)
+    argv = ["--model_name_or_path", str(pickled), "--audio", str(audio), "--text", TEXT]
+    with pytest.raises(CMTCheckpointError, match=r"holds its weights only as a pickle .*`--allow_pickle`"):
+        explain.main(argv + ["--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused" / "utterance.json").exists()
+    allowed = explain.main(argv + ["--output_dir", str(tmp_path / "allowed"), "--allow_pickle"])
+    argv[1] = str(tmp_path / "safe")
+    assert allowed["ablation"] == explain.main(argv + ["--output_dir", str(tmp_path / "out")])["ablation"]
+
+
+def test_model_type_and_output_folder_are_checked_before_the_model_loads(tmp_path, tokenizer, monkeypatch):
+    save_checkpoint(tmp_path / "cmt", tokenizer)
+    hubert = tmp_path / "hubert"
+    HubertModel(HubertConfig(**CMTConfig.from_preset("tiny").audio_config.to_dict())).save_pretrained(hubert)
+    audio = write_wav(tmp_path / "utterance.wav", 16000)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the checks")
+
+    monkeypatch.setattr(explain.AutoModelForSequenceClassification, "from_pretrained", refuse)
+    argv = ["--audio", str(audio), "--text", TEXT, "--output_dir"]
+    with pytest.raises(ValueError, match=r"'.*hubert' is a 'hubert' model, not a CMT classification checkpoint"):
+        explain.main(["--model_name_or_path", str(hubert), *argv, str(tmp_path / "out")])
+    with pytest.raises(ValueError, match=r"--output_dir .*utterance.wav/out cannot be written to"):
+        explain.main(["--model_name_or_path", str(tmp_path / "cmt"), *argv, str(audio / "out")])
+
+
+def test_a_transcript_longer_than_the_text_tower_is_truncated(tmp_path, tokenizer_dir):
+    """With a tokenizer that allows 512 tokens and a text tower of 128 positions, a 600-token transcript failed
+    inside the embedding (`index 130 is out of bounds`)."""
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(tokenizer_dir), model_max_length=512)
+    model, processor = save_checkpoint(tmp_path / "cmt", tokenizer)
+    audio = np.random.default_rng(2).standard_normal(16000).astype(np.float32) * 0.1
+    explanation = explain.explain(model, processor, {"array": audio, "sampling_rate": 16000}, "word " * 600)
+    assert len(explanation["tokens"]) == 128 and explanation["tokens"][-1] == "</s>"

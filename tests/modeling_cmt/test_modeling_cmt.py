@@ -1,7 +1,9 @@
 """CMTModel, CMTForSequenceClassification and CMTForPreTraining on tiny random towers."""
 
 import math
+import time
 
+import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,6 +25,7 @@ from modeling_cmt import (
     orthogonality_loss,
 )
 from modeling_cmt.configuration_cmt import load_preset
+from modeling_cmt.modeling_cmt import CMTCheckpointError
 
 
 MODEL_CLASSES = (CMTModel, CMTForSequenceClassification, CMTForPreTraining)
@@ -568,6 +571,49 @@ def test_no_parameter_comes_back_uninitialised(tiny_config, tmp_path):
             assert 0.005 < head.std() < 0.05  # initializer_range=0.02, not left at torch defaults or zeros
 
 
+def test_from_pretrained_names_a_checkpoint_of_another_model_type(tower_dirs):
+    """A HuBERT folder given to a CMT class raised `property 'hidden_size' of 'CMTConfig' object has no setter`."""
+    audio_dir, _ = tower_dirs
+    for model_class in MODEL_CLASSES:
+        with pytest.raises(ValueError, match=r"'.*audio' holds a 'hubert' model, not a CMT checkpoint, so .* use "):
+            model_class.from_pretrained(audio_dir)
+
+
+def test_towers_load_from_safetensors_only_unless_opted_in(tower_dirs, tmp_path, save_pickle_only):
+    audio_dir, text_dir = tower_dirs
+    pickled_audio = save_pickle_only(HubertModel.from_pretrained(audio_dir), tmp_path / "pickled_audio")
+    with pytest.raises(CMTCheckpointError, match=r"pickled_audio' holds its weights only as a pickle"):
+        CMTModel.from_audio_text_pretrained(str(pickled_audio), str(text_dir))
+    for opt_in in ({"use_safetensors": None}, {"audio_use_safetensors": False}):
+        model = CMTModel.from_audio_text_pretrained(str(pickled_audio), str(text_dir), **opt_in)
+        expected = HubertModel.from_pretrained(audio_dir).state_dict()
+        assert all(torch.equal(tensor, expected[name]) for name, tensor in model.audio_model.state_dict().items())
+
+
+def test_a_cmt_checkpoint_loads_from_safetensors_only_unless_opted_in(tiny_config, tmp_path, save_pickle_only):
+    model = CMTForSequenceClassification(tiny_config())
+    pickled = save_pickle_only(model, tmp_path / "pickled")
+    with pytest.raises(CMTCheckpointError, match="opt in with `use_safetensors=False`"):
+        CMTForSequenceClassification.from_pretrained(pickled)
+    loaded = CMTForSequenceClassification.from_pretrained(pickled, use_safetensors=False)
+    assert all(torch.equal(tensor, model.state_dict()[name]) for name, tensor in loaded.state_dict().items())
+
+
+def test_an_unreachable_tower_checkpoint_says_what_hf_hub_offline_does(tower_dirs, tmp_path, monkeypatch):
+    """Offline, `from_audio_text_pretrained("facebook/hubert-base-ls960", ...)` retried for 23 s before its error;
+    the error now names HF_HUB_OFFLINE=1, which makes it fail at once."""
+    _, text_dir = tower_dirs
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(
+        ValueError, match=r"(?s)audio tower config from 'facebook/hubert-base-ls960'.* HF_HUB_OFFLINE is set"
+    ):
+        CMTModel.from_audio_text_pretrained(
+            "facebook/hubert-base-ls960", str(text_dir), audio_cache_dir=str(tmp_path / "empty_cache")
+        )
+    assert time.perf_counter() - start < 5
+
+
 # --- the paper's formulas ----------------------------------------------------------------------------------------
 
 
@@ -646,6 +692,12 @@ def test_audio_shorter_than_the_front_end_is_rejected(tiny_model, processor):
         )
     with pytest.raises(ValueError, match=r"The audio batch has 300 samples.*needs at least 325"):
         tiny_model(input_values=torch.randn(2, 300), input_ids=torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_float_input_ids_are_named(tiny_model, make_batch):
+    batch = make_batch()
+    with pytest.raises(ValueError, match=r"`input_ids` must be an integer tensor of token ids.*torch.float32"):
+        tiny_model(**{**batch, "input_ids": batch["input_ids"].float()})
 
 
 def test_batch_size_mismatch_is_rejected(tiny_model, make_batch):

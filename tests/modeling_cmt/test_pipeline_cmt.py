@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
+    AutoModel,
     HubertConfig,
     HubertModel,
+    RobertaTokenizerFast,
     Wav2Vec2FeatureExtractor,
     pipeline,
 )
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from modeling_cmt import (
     AudioTextClassificationPipeline,
@@ -20,6 +23,7 @@ from modeling_cmt import (
     CMTModel,
     CMTProcessor,
 )
+from modeling_cmt.modeling_cmt import CMTCheckpointError
 
 
 TASK = "audio-text-classification"
@@ -171,7 +175,7 @@ def test_regression_head_returns_score_and_mosei_views(cmt_processor):
     assert regressor(audio, text=TEXT, sampling_rate=16000, sentiment_views=False).keys() == {"score"}
 
     def views(score):
-        meta = {"input_name": "x", "transcript": TEXT, "transcript_source": "given"}
+        meta = {"input_name": "x", "transcript": TEXT, "transcript_source": "given", "error": None}
         return regressor.postprocess({"logits": torch.tensor([[score]]), **meta})
 
     assert views(2.5) == {"score": 2.5, "sentiment_class": 2, "polarity": "positive"}  # halves round to even
@@ -259,24 +263,59 @@ def test_bad_audio_arrays_are_named(classifier):
         classifier([noise(8000), corrupt], text=[TEXT, TEXT], sampling_rate=16000)
     with pytest.raises(ValueError, match=f"too short: {min_samples - 1} samples .* at least {min_samples}"):
         classifier(noise(min_samples - 1), text=TEXT, sampling_rate=16000)
-    with pytest.raises(ValueError, match="1.0 s long, more than max_audio_seconds=0.5"):
+    with pytest.raises(ValueError, match=r"1.0 s long, more than the 0.5 s limit \(max_audio_seconds\)"):
         classifier(noise(16000), text=TEXT, sampling_rate=16000, max_audio_seconds=0.5)
     assert classifier(noise(16000), text=TEXT, sampling_rate=16000, max_audio_seconds=None)
 
 
 def test_low_rate_stereo_int16_is_resampled_and_downmixed(classifier, cmt_processor, tmp_path, write_wav):
     stereo = (np.stack([noise(8000, seed=4), noise(8000, seed=5)]) * 20000).astype(np.int16)  # (channels, samples)
-    expected = expected_scores(classifier.model, cmt_processor, stereo, TEXT, sampling_rate=8000)
-    assert_matches(classifier({"array": stereo, "sampling_rate": 8000}, text=TEXT), expected)
+    inputs = cmt_processor(audio=stereo, text=TEXT, sampling_rate=8000, channel_axis=0)
+    with torch.no_grad():
+        expected = classifier.model(**inputs).logits[0].softmax(-1).tolist()
+    assert_matches(classifier({"array": stereo, "sampling_rate": 8000}, text=TEXT), expected)  # one utterance
     assert_matches(classifier({"array": stereo.T, "sampling_rate": 8000}, text=TEXT), expected)
+    assert_matches(classifier(stereo, text=TEXT, sampling_rate=8000, channel_axis=0), expected)
+    assert_matches(classifier(stereo.T, text=TEXT, sampling_rate=8000, channel_axis=-1), expected)
     path = write_wav(tmp_path / "stereo8k.wav", stereo, rate=8000)
     assert_matches(classifier(str(path), text=TEXT), expected)
+
+
+def test_a_2d_array_is_a_batch_unless_channel_axis_says_otherwise(classifier):
+    """Issue 14, item 5: a bare (batch, samples) array was averaged into one utterance."""
+    batch = np.stack([noise(8000, seed=seed) for seed in range(3)])
+    texts = [TEXT, "Excuse me, where is the station?", "What a lovely surprise!"]
+    outputs = classifier(batch, text=texts, sampling_rate=16000)
+    assert len(outputs) == 3
+    for row, (output, text) in enumerate(zip(outputs, texts, strict=True)):
+        single = classifier(batch[row], text=text, sampling_rate=16000)
+        assert_matches(output, [as_label_scores(single)[label] for label in EMOTIONS])
+    with pytest.raises(ValueError, match=r"Got 3 audio inputs \(a 2-D array is a batch; .* `channel_axis`\)"):
+        classifier(batch, text=TEXT, sampling_rate=16000)
+    with pytest.raises(ValueError, match=r"shape \(8000, 3\): .* look like \(samples, channels\)"):
+        classifier(batch.T.copy(), text=texts, sampling_rate=16000)
+    with pytest.raises(ValueError, match=r"shape \(12, 10\): as multi-channel audio, which axis .* ambiguous"):
+        classifier({"array": np.zeros((12, 10), np.float32), "sampling_rate": 16000}, text=TEXT)
+
+
+def test_bad_sampling_rates_are_named(classifier):
+    audio = noise(8000)
+    for rate, shown in (("16000", r"'16000' \(str\)"), (16000.5, r"16000.5 \(float\)"), (0, r"0 \(int\)")):
+        with pytest.raises(ValueError, match=f"`sampling_rate` must be a positive whole number of Hz .* got {shown}"):
+            classifier(audio, text=TEXT, sampling_rate=rate)
+    with pytest.raises(ValueError, match=r"sampling rate of input 1 \(audio array\) must be a positive whole number"):
+        classifier(
+            [{"array": audio, "sampling_rate": 16000}, {"array": audio, "sampling_rate": 16000.5}], text=[TEXT] * 2
+        )
+    assert classifier(audio, text=TEXT, sampling_rate=16000.0) == classifier(audio, text=TEXT, sampling_rate=16000)
 
 
 def test_bad_transcripts(classifier, cmt_processor, caplog):
     audio = {"array": noise(8000), "sampling_rate": 16000}
     with pytest.raises(ValueError, match="transcript of the audio array must be a string, got int"):
         classifier({**audio, "text": 42})
+    with pytest.raises(ValueError, match="One audio input takes one transcript string as `text`, got int"):
+        classifier(audio, text=5)
     with pytest.raises(ValueError, match="pass `text` as a list of 2 transcripts"):
         classifier([audio, audio], text=TEXT)
     long_text = " ".join([TEXT] * 40)
@@ -289,6 +328,133 @@ def test_bad_transcripts(classifier, cmt_processor, caplog):
     with torch.no_grad():
         expected = classifier.model(**inputs).logits[0].softmax(-1).tolist()
     assert_matches(output, expected)
+
+
+@pytest.mark.parametrize("model_max_length", [512, VERY_LARGE_INTEGER], ids=["longer-than-the-tower", "unset"])
+def test_a_tokenizer_limit_beyond_the_text_tower_is_capped(tokenizer_dir, model_max_length, caplog):
+    """A transcript of 600 tokens with a tokenizer that allows more than the text tower's 128 positions (or sets no
+    limit) is truncated to what the tower takes (it failed inside the embedding: `index 130 is out of bounds`)."""
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(tokenizer_dir))
+    tokenizer.model_max_length = model_max_length
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, return_attention_mask=True)
+    processor = CMTProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    classifier = AudioTextClassificationPipeline(model=build_classifier(), processor=processor, device="cpu")
+    long_text = " ".join(["word"] * 600)
+    output = classifier(noise(8000), text=long_text, sampling_rate=16000)
+    assert classifier.default_max_text_length() == 128
+    assert "tokens, more than the 128 the text tower takes: it is truncated" in caplog.text
+    inputs = processor(audio=noise(8000), text=long_text, sampling_rate=16000, max_text_length=128)
+    with torch.no_grad():
+        assert_matches(output, classifier.model(**inputs).logits[0].softmax(-1).tolist())
+
+
+def test_an_empty_batch_gives_no_results(classifier):
+    assert classifier([], text=[]) == []
+    assert classifier([]) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs in a batch, bad files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_on_bad_inputs_return_keeps_the_good_results(classifier, tmp_path, write_wav, batch_size):
+    """In `[good, missing, good]` the pipeline raised and the two good results were lost."""
+    good = write_wav(tmp_path / "good.wav", (noise(9000) * 32767).astype(np.int16))
+    items = [str(good), str(tmp_path / "missing.wav"), {"array": noise(100), "sampling_rate": 16000}, str(good)]
+    texts = [TEXT, TEXT, TEXT, "What a lovely surprise!"]
+    with pytest.raises(FileNotFoundError, match=r"input 1 \(audio file '.*missing.wav'\): no such file"):
+        classifier(items, text=texts, batch_size=batch_size)
+    outputs = classifier(items, text=texts, batch_size=batch_size, on_bad_inputs="return")
+    assert len(outputs) == 4
+    assert outputs[1] == {"error": f"input 1 (audio file {str(tmp_path / 'missing.wav')!r}): no such file."}
+    assert outputs[2]["error"].startswith("input 2 (audio array) is too short: 100 samples")
+    for index in (0, 3):
+        single = classifier(str(good), text=texts[index])
+        assert [entry["label"] for entry in outputs[index]] == [entry["label"] for entry in single]
+        np.testing.assert_allclose([e["score"] for e in outputs[index]], [e["score"] for e in single], atol=1e-5)
+    with pytest.raises(ValueError, match=r"`on_bad_inputs` must be one of \['error', 'return'\], got 'skip'"):
+        classifier(items, text=texts, on_bad_inputs="skip")
+
+
+def test_a_directory_is_not_an_audio_file(classifier, tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"audio file '.*' is a directory, not an audio file"):
+        classifier(str(tmp_path), text=TEXT)
+
+
+def test_a_truncated_wav_is_refused(classifier, tmp_path, write_truncated_wav):
+    """A WAV cut short (the header declares 1 s, the file holds 0.25 s) was classified from the part that is left."""
+    pcm = (noise(16000) * 32767).astype(np.int16)
+    truncated = write_truncated_wav(tmp_path / "truncated.wav", pcm, keep=0.25)
+    message = r"is truncated: its header declares 32000 bytes of audio, the file holds 8000 \(25%\)"
+    with pytest.raises(ValueError, match=f"audio file '.*truncated.wav' {message}"):
+        classifier(str(truncated), text=TEXT)
+    with pytest.raises(ValueError, match=f"the audio bytes {message}"):
+        classifier(truncated.read_bytes(), text=TEXT)
+    # written to a pipe: the header leaves the data size unset
+    streamed = write_truncated_wav(tmp_path / "streamed.wav", pcm, keep=1.0, declared=0xFFFFFFFF)
+    assert classifier(str(streamed), text=TEXT)
+
+
+def test_a_truncated_mp3_is_refused(classifier, tmp_path):
+    encoders = pytest.importorskip("torchcodec.encoders")
+    mp3 = tmp_path / "full.mp3"
+    encoders.AudioEncoder(torch.from_numpy(noise(32000))[None], sample_rate=16000).to_file(str(mp3))
+    assert classifier(str(mp3), text=TEXT)  # encoder padding is no truncation
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"cut.mp3' is truncated: its header declares 2.\d+ s of audio, only 0.\d+"):
+        classifier(str(cut), text=TEXT)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PicklePayload:
+    """Unpickling this creates the file `marker`: a stand-in for the `os.system` payload of a malicious checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_only_checkpoint_is_refused_unless_opted_in(checkpoint, tmp_path, cmt_processor, save_pickle_only):
+    malicious = tmp_path / "malicious"
+    cmt_processor.save_pretrained(malicious)
+    (malicious / "config.json").write_text((checkpoint / "config.json").read_text())
+    marker = tmp_path / "payload-ran"
+    torch.save({"classifier.out_proj.weight": PicklePayload(marker)}, malicious / "pytorch_model.bin")
+    refused = r"holds its weights only as a pickle \(pytorch_model.bin\), and loading a pickle can run any code"
+    for load in (
+        lambda: pipeline(TASK, model=str(malicious), device="cpu"),
+        lambda: AutoModel.from_pretrained(malicious),
+        lambda: CMTForSequenceClassification.from_pretrained(malicious),
+    ):
+        with pytest.raises(CMTCheckpointError, match=refused) as error:
+            load()
+        assert "`use_safetensors=False`" in str(error.value) and "`--allow_pickle`" in str(error.value)
+    assert not marker.exists()
+
+    model = CMTForSequenceClassification.from_pretrained(checkpoint)
+    trusted = save_pickle_only(model, tmp_path / "trusted", cmt_processor)
+    classifier = pipeline(TASK, model=str(trusted), device="cpu", model_kwargs={"use_safetensors": False})
+    for name, tensor in classifier.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+def test_a_truncated_safetensors_file_is_named(checkpoint, tmp_path, cmt_processor):
+    damaged = tmp_path / "damaged"
+    build_classifier().save_pretrained(damaged)
+    cmt_processor.save_pretrained(damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CMTCheckpointError, match=r"safetensors weights of '.*damaged' are damaged or incomplete"):
+        pipeline(TASK, model=str(damaged), device="cpu")
 
 
 def test_only_cmt_classification_checkpoints_are_accepted(tmp_path, cmt_processor):

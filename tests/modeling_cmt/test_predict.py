@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,11 @@ def test_manifest_to_csv_reports_bad_rows_and_resumes(checkpoint, classifier, co
     assert main(argv) == 1  # some rows failed
     records = read_csv(output)
     assert [record["row"] for record in records] == ["1", "2", "3", "4", "5", "6"]
-    columns = ["row", "audio", "text", "text_source", "label", "score"] + [f"score_{e}" for e in EMOTIONS]
+    columns = ["row", "audio", "path", "text", "text_source", "label", "score"] + [f"score_{e}" for e in EMOTIONS]
     assert list(records[0]) == columns + ["audio_only", "error"]
+    assert [record["path"] for record in records] == [
+        str((corpus.parent / audio).resolve()) for audio, _ in CORPUS_ROWS
+    ]
     errors = {int(record["row"]): record["error"] for record in records if record["error"]}
     assert sorted(errors) == [2, 3, 4, 6]
     assert errors[2].startswith("row 2: audio file") and "missing.wav" in errors[2] and "no such file" in errors[2]
@@ -111,19 +115,17 @@ def test_manifest_to_csv_reports_bad_rows_and_resumes(checkpoint, classifier, co
     assert main(argv) == 0
     assert output.read_text() == before
     assert "6 rows: 0 classified, 0 failed, 6 already in" in capsys.readouterr().out
-    # a row cut short by an interruption is classified again
+    # a row cut short by an interruption is removed and classified again
     output.write_text(before[: before.rindex("audio/nan.wav") + 5])
     assert main(argv) == 1
-    records = read_csv(output)
-    assert [record["audio"] for record in records] == [audio for audio, _ in CORPUS_ROWS] + ["audio/nan.wav"]
-    assert records[-1]["error"] == errors[6]
+    assert output.read_text() == before
 
     write_wav(corpus.parent / "audio" / "good3.wav", pcm(7000, 5))
     with open(corpus, "a", newline="") as file:
         csv.writer(file).writerow(["audio/good3.wav", TEXTS[1]])
     assert main(argv) == 0
     records = read_csv(output)
-    assert len(records) == 8 and records[-1]["audio"] == "audio/good3.wav" and not records[-1]["error"]
+    assert len(records) == 7 and records[-1]["audio"] == "audio/good3.wav" and not records[-1]["error"]
 
     # --overwrite starts afresh
     assert main(argv + ["--overwrite"]) == 1
@@ -143,7 +145,11 @@ def test_directory_and_glob_to_jsonl_with_sidecar_transcripts(checkpoint, classi
     assert main(argv) == 1
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [Path(record["audio"]).name for record in records] == ["b.wav", "a.wav"]
-    assert "transcript of audio file" in records[0]["error"] and "is missing" in records[0]["error"]
+    assert records[0]["error"] == (
+        f"row 1: no transcript for audio file {str(recordings / 'b.wav')!r}: add one (the manifest's 'text' column, "
+        "or a .txt file of the same name beside the audio), or pass --asr_model to transcribe it or "
+        "--allow_audio_only to classify it from the audio alone."
+    )
     assert records[1]["error"] is None and records[1]["text"] == TEXTS[0]
     expected = classifier(str(recordings / "session1" / "a.wav"), text=TEXTS[0])
     assert records[1]["label"] == expected[0]["label"]
@@ -178,8 +184,14 @@ def test_jsonl_manifest_with_bad_transcripts_and_long_audio(checkpoint, tmp_path
         tmp_path / "a.wav"
     )
     assert records[0]["text"] == "7"
-    assert records[1]["error"].startswith("row 2: The transcript of audio file") and "is empty" in records[1]["error"]
-    assert records[2]["error"].startswith("row 3: audio file") and "2.0 s long, more than" in records[2]["error"]
+    assert (
+        records[1]["error"].startswith("row 2: no transcript for audio file")
+        and "--allow_audio_only" in records[1]["error"]
+    )
+    assert (
+        records[2]["error"].startswith("row 3: audio file")
+        and "2.0 s long, more than the 1.5 s limit" in records[2]["error"]
+    )
     assert not records[3]["error"]
 
 
@@ -216,7 +228,8 @@ def test_regression_checkpoint_with_asr_transcripts(tmp_path, tokenizer, write_w
     output = tmp_path / "sentiment.jsonl"
     assert main([str(regressor), str(tmp_path / "a.wav"), "-o", str(output), "--asr_model", str(asr_checkpoint)]) == 0
     (record,) = [json.loads(line) for line in output.read_text().splitlines()]
-    columns = ["row", "audio", "text", "text_source", "score", "sentiment_class", "polarity", "audio_only", "error"]
+    columns = ["row", "audio", "path", "text", "text_source", "score", "sentiment_class", "polarity", "audio_only"]
+    columns += ["error"]
     assert list(record) == columns
     asr = pipeline("automatic-speech-recognition", model=str(asr_checkpoint), device="cpu")
     waveform = pcm(12000, 1).astype(np.float32) / 32768
@@ -226,3 +239,169 @@ def test_regression_checkpoint_with_asr_transcripts(tmp_path, tokenizer, write_w
     expected = classifier({"array": waveform, "sampling_rate": 16000}, text=record["text"])
     assert record["score"] == pytest.approx(expected["score"], abs=1e-6)
     assert record["sentiment_class"] == expected["sentiment_class"] and record["polarity"] == expected["polarity"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming, spellings of paths, outputs, manifests (issue 14)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def write_manifest(path, rows, encoding="utf-8"):
+    with open(path, "w", newline="", encoding=encoding) as file:
+        csv.writer(file).writerows([("audio", "text"), *rows])
+    return path
+
+
+def jsonl_records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def wavs(tmp_path, write_wav):
+    """Three utterances with transcripts beside them, in `tmp_path / "wavs"`."""
+    folder = tmp_path / "wavs"
+    folder.mkdir()
+    for index in range(3):
+        write_wav(folder / f"u{index}.wav", pcm(7000 + 500 * index, index))
+        (folder / f"u{index}.txt").write_text(TEXTS[index % 2])
+    return folder
+
+
+def test_resume_removes_a_jsonl_line_cut_short(checkpoint, wavs, tmp_path):
+    """A line cut short by a crash was kept and its row appended again: 241 rows for 240, one of them not JSON."""
+    output = tmp_path / "out.jsonl"
+    argv = [str(checkpoint), str(wavs), "-o", str(output), "--batch_size", "2"]
+    assert main(argv) == 0
+    complete = output.read_text()
+    output.write_text(complete[: complete.rindex('"score_hap"')])  # the crash came while writing the last line
+    assert main(argv) == 0
+    assert output.read_text() == complete
+    assert [record["row"] for record in jsonl_records(output)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_refuses_a_damaged_record_followed_by_others(checkpoint, wavs, tmp_path, suffix):
+    output = tmp_path / f"out{suffix}"
+    argv = [str(checkpoint), str(wavs), "-o", str(output)]
+    assert main(argv) == 0
+    lines = output.read_text().splitlines(keepends=True)
+    damaged = lines[:-2] + [lines[-2][:20] + "\n", lines[-1]]
+    output.write_text("".join(damaged))
+    with pytest.raises(SystemExit, match="is damaged .* and records follow it: fix or remove it, or pass --overwrite"):
+        main(argv)
+    assert output.read_text() == "".join(damaged)
+
+
+def test_one_file_through_two_spellings_is_one_row(checkpoint, wavs, tmp_path, capsys, monkeypatch):
+    """The same file reached through two spellings of its path was classified twice."""
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "out.csv"
+    assert main([str(checkpoint), "wavs/u0.wav", "./wavs/../wavs/u0.wav", "-o", str(output)]) == 0
+    assert len(read_csv(output)) == 1
+    summary = capsys.readouterr().out
+    assert "2 rows: 1 classified, 0 failed, 0 already in" in summary
+    assert "1 repeating an earlier row (same file and transcript) skipped" in summary
+    (tmp_path / "link.wav").symlink_to(wavs / "u0.wav")
+    (tmp_path / "link.txt").write_text(TEXTS[0])
+    assert main([str(checkpoint), str(wavs / "u0.wav"), "link.wav", "wavs/u1.wav", "-o", str(output)]) == 0
+    records = read_csv(output)
+    assert [record["audio"] for record in records] == ["wavs/u0.wav", "wavs/u1.wav"]
+    assert "3 rows: 1 classified, 0 failed, 2 already in" in capsys.readouterr().out
+
+    # the same file with another transcript is another row
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(manifest, [("wavs/u2.wav", TEXTS[0]), ("wavs/u2.wav", TEXTS[1]), ("./wavs/u2.wav", TEXTS[1])])
+    assert main([str(checkpoint), str(manifest), "-o", str(output)]) == 0
+    assert [record["text"] for record in read_csv(output)[2:]] == [TEXTS[0], TEXTS[1]]
+    assert "1 repeating an earlier row (same file and transcript) skipped" in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Makes loading a model fail the test: the checks under test must come first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr("modeling_cmt.predict.pipeline", refuse)
+
+
+def test_an_output_that_is_an_input_is_refused(checkpoint, wavs, tmp_path, no_model_loads):
+    """`cmt-predict manifest.csv --output manifest.csv --overwrite` deleted the manifest."""
+    manifest = write_manifest(tmp_path / "manifest.csv", [("wavs/u0.wav", TEXTS[0])])
+    content = manifest.read_text()
+    for spelling in (manifest, tmp_path / "wavs" / ".." / "manifest.csv"):
+        with pytest.raises(SystemExit, match=r"--output .*manifest.csv is the input .*manifest.csv: write the"):
+            main([str(checkpoint), str(manifest), "-o", str(spelling), "--overwrite"])
+    assert manifest.read_text() == content
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(checkpoint, wavs, no_model_loads):
+    with pytest.raises(
+        SystemExit, match=r"cannot write --output .*u0.wav/predictions.csv: (File exists|Not a directory)\."
+    ):
+        main([str(checkpoint), str(wavs), "-o", str(wavs / "u0.wav" / "predictions.csv")])
+    (wavs / "folder.csv").mkdir()
+    with pytest.raises(SystemExit, match=r"--output .*folder.csv is a directory"):
+        main([str(checkpoint), str(wavs / "u0.wav"), "-o", str(wavs / "folder.csv")])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_refused_before_the_model_loads(checkpoint, wavs, tmp_path, no_model_loads):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    with pytest.raises(SystemExit, match=r"cannot write --output .*read_only/out.csv: Permission denied"):
+        main([str(checkpoint), str(wavs), "-o", str(read_only / "out.csv")])
+
+
+def test_an_output_in_a_missing_folder_is_created(checkpoint, wavs, tmp_path):
+    output = tmp_path / "results" / "today" / "out.csv"
+    assert main([str(checkpoint), str(wavs), "-o", str(output)]) == 0
+    assert len(read_csv(output)) == 3
+
+
+def test_excel_bom_and_latin1_manifests(checkpoint, wavs, tmp_path):
+    bom = write_manifest(tmp_path / "excel.csv", [("wavs/u0.wav", TEXTS[0])], encoding="utf-8-sig")
+    assert main([str(checkpoint), str(bom), "-o", str(tmp_path / "bom.csv")]) == 0
+    assert read_csv(tmp_path / "bom.csv")[0]["text"] == TEXTS[0]
+
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_text("audio,text\nwavs/u0.wav,Un café crème.\n", encoding="latin-1")
+    with pytest.raises(
+        SystemExit, match=r"latin1.csv is not utf-8 text \(byte 0xe9 at offset 29\)\. Save it as UTF-8"
+    ):
+        main([str(checkpoint), str(latin1), "-o", str(tmp_path / "latin1_out.csv")])
+    argv = [str(checkpoint), str(latin1), "-o", str(tmp_path / "latin1_out.csv"), "--manifest_encoding", "latin-1"]
+    assert main(argv) == 0
+    assert read_csv(tmp_path / "latin1_out.csv")[0]["text"] == "Un café crème."
+
+
+def test_bad_files_in_a_manifest_are_named_rows(checkpoint, wavs, tmp_path, write_truncated_wav):
+    write_truncated_wav(tmp_path / "truncated.wav", pcm(16000, 0), keep=0.25)
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"audio": "wavs", "text": TEXTS[0]}, {"audio": "truncated.wav", "text": TEXTS[0]}, {"text": TEXTS[0]}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out.jsonl"
+    assert main([str(checkpoint), str(manifest), "-o", str(output)]) == 1
+    errors = [record["error"] for record in jsonl_records(output)]
+    assert (
+        errors[0] == f"row 1: audio file {str(wavs)!r} is a directory, not an audio file: pass the audio files in it."
+    )
+    assert errors[1].startswith(f"row 2: audio file {str(tmp_path / 'truncated.wav')!r} is truncated: its header")
+    assert errors[2] == "row 3: the manifest's 'audio' column is empty."
+
+
+def test_a_pickle_only_checkpoint_needs_allow_pickle(checkpoint, wavs, tmp_path, save_pickle_only):
+    model = CMTForSequenceClassification.from_pretrained(checkpoint)
+    pickled = save_pickle_only(model, tmp_path / "pickled", CMTProcessor.from_pretrained(checkpoint))
+    output = tmp_path / "out.csv"
+    with pytest.raises(
+        SystemExit, match=r"cmt-predict: error: .*pickled' holds its weights only as a pickle .*--allow_pickle"
+    ):
+        main([str(pickled), str(wavs), "-o", str(output)])
+    assert not output.exists()
+    assert main([str(pickled), str(wavs), "-o", str(output), "--allow_pickle"]) == 0
+    expected = read_csv(output)
+    assert main([str(checkpoint), str(wavs), "-o", str(tmp_path / "safe.csv")]) == 0
+    assert [row["score"] for row in read_csv(tmp_path / "safe.csv")] == [row["score"] for row in expected]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
-from transformers import Wav2Vec2FeatureExtractor
+from transformers import RobertaTokenizerFast, Wav2Vec2FeatureExtractor
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 from modeling_cmt import CMTProcessor
 
@@ -46,12 +47,35 @@ def test_int16_is_scaled_to_float(raw_processor):
     torch.testing.assert_close(inputs["input_values"][0], expected)
 
 
-@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
-def test_multichannel_audio_is_downmixed(raw_processor, layout):
+@pytest.mark.parametrize("channel_axis", [0, -1])
+def test_multichannel_audio_is_downmixed_where_its_channel_axis_is_known(raw_processor, channel_axis):
     left, right = np.linspace(-1, 1, 500, dtype=np.float32), np.full(500, 0.5, np.float32)
-    stereo = np.stack([left, right]) if layout == "channels_first" else np.stack([left, right], axis=1)
-    inputs = raw_processor(audio=stereo, sampling_rate=16000)
-    torch.testing.assert_close(inputs["input_values"][0], torch.from_numpy((left + right) / 2))
+    stereo = np.stack([left, right], axis=channel_axis)
+    downmix = torch.from_numpy((left + right) / 2)
+    inputs = raw_processor(audio=stereo, sampling_rate=16000, channel_axis=channel_axis)
+    torch.testing.assert_close(inputs["input_values"], downmix[None])
+    # an item of a list is one utterance: its one short axis holds the channels
+    inputs = raw_processor(audio=[stereo, left], sampling_rate=16000)
+    torch.testing.assert_close(inputs["input_values"], torch.stack([downmix, torch.from_numpy(left)]))
+    with pytest.raises(ValueError, match=r"Audio item 0 has shape \(12, 10\): .* ambiguous. Pass `channel_axis`"):
+        raw_processor(audio=[np.zeros((12, 10), np.float32)], sampling_rate=16000)
+
+
+@pytest.mark.parametrize("to_tensor", [np.asarray, torch.from_numpy], ids=["numpy", "torch"])
+def test_a_2d_array_is_a_batch_as_in_transformers_feature_extractors(raw_processor, to_tensor):
+    """Issue 14, item 5: a (batch, samples) array of up to 16 utterances was averaged into one, read as channels."""
+    batch = np.random.default_rng(0).standard_normal((4, 800)).astype(np.float32)
+    texts = ["one", "two", "three", "four"]
+    inputs = raw_processor(audio=to_tensor(batch), text=texts, sampling_rate=16000)
+    assert inputs["input_values"].shape == (4, 800) and inputs["input_ids"].shape[0] == 4
+    torch.testing.assert_close(inputs["input_values"], torch.from_numpy(batch))
+    for row, text in enumerate(texts):
+        single = raw_processor(audio=batch[row], text=text, sampling_rate=16000)
+        torch.testing.assert_close(inputs["input_values"][row], single["input_values"][0])
+    with pytest.raises(ValueError, match=r"4 audio items \(a 2-D array is a batch; .* pass `channel_axis`\) but 1"):
+        raw_processor(audio=to_tensor(batch), text="one", sampling_rate=16000)
+    with pytest.raises(ValueError, match=r"shape \(800, 4\): .* look like \(samples, channels\) audio"):
+        raw_processor(audio=to_tensor(batch.T.copy()), sampling_rate=16000)
 
 
 def test_other_sampling_rates_are_resampled_with_torchaudio(raw_processor):
@@ -88,13 +112,49 @@ def test_save_and_load_round_trip(processor, tmp_path):
         ({"text": ["fine", 3]}, "Transcript 1 must be a string, got int"),
         ({"audio": [np.zeros(400, np.float32)] * 2, "text": ["one"]}, "2 audio items but 1 transcripts"),
         ({}, "needs `audio`, `text` or both"),
-        ({"audio": np.zeros(400, np.float32), "sampling_rate": 0}, "must be positive"),
+        ({"audio": np.zeros(400, np.float32), "sampling_rate": 0}, "must be a positive whole number"),
+        ({"audio": np.zeros(400, np.float32), "sampling_rate": "16000"}, r"got '16000' \(str\)"),
+        ({"audio": np.zeros(400, np.float32), "sampling_rate": 16000.5}, r"whole number of Hz .* got 16000.5"),
+        ({"audio": np.zeros(400, np.float32), "sampling_rate": True}, "whole number of Hz"),
+        ({"text": 5}, r"`text` must be a transcript string or a non-empty list of them, got 5 \(int\)"),
+        ({"text": []}, "`text` must be a transcript string or a non-empty list"),
     ],
 )
 def test_bad_input_is_named(processor, kwargs, message):
     kwargs = {"sampling_rate": 16000, **kwargs} if "audio" in kwargs else kwargs
     with pytest.raises(ValueError, match=message):
         processor(**kwargs)
+
+
+def test_a_whole_float_sampling_rate_is_taken(raw_processor):
+    audio = np.ones(400, np.float32)
+    expected = raw_processor(audio=audio, sampling_rate=8000)["input_values"]
+    torch.testing.assert_close(raw_processor(audio=audio, sampling_rate=8000.0)["input_values"], expected)
+    torch.testing.assert_close(raw_processor(audio=audio, sampling_rate=np.int64(8000))["input_values"], expected)
+
+
+def test_a_tokenizer_without_model_max_length_tokenizes_untruncated(feature_extractor, tokenizer_dir, caplog):
+    """A tokenizer saved without `model_max_length` (transformers then reports 1e30) made every call raise
+    OverflowError inside tokenizers."""
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(tokenizer_dir))
+    tokenizer.model_max_length = VERY_LARGE_INTEGER
+    processor = CMTProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    with caplog.at_level(logging.WARNING):
+        inputs = processor(text=["word " * 300, "short"])
+    assert inputs["input_ids"].shape[1] == len(tokenizer("word " * 300)["input_ids"]) > 128
+    assert "The tokenizer has no `model_max_length`, so transcripts are not truncated" in caplog.text
+    assert processor(text="short", max_text_length=3)["input_ids"].shape == (1, 3)
+
+
+def test_text_token_limit_is_what_both_tokenizer_and_text_tower_take(feature_extractor, tokenizer_dir, tiny_config):
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(tokenizer_dir))
+    processor = CMTProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+    config = tiny_config()  # 130 RoBERTa positions: 128 tokens after the padding offset
+    assert processor.text_token_limit(config) == 128
+    processor.tokenizer.model_max_length = 64
+    assert processor.text_token_limit(config) == 64
+    processor.tokenizer.model_max_length = VERY_LARGE_INTEGER
+    assert processor.text_token_limit(config) == 128
 
 
 def test_items_too_short_for_the_model_are_named_after_resampling(processor, tiny_config):
