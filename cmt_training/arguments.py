@@ -53,6 +53,10 @@ class ModelArguments:
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager | sdpa (| flash_attention_2 on GPUs)."})
     freeze_feature_encoder: bool = field(default=True, metadata={"help": "Keep the conv feature encoder frozen."})
     freeze_towers: bool = field(default=False, metadata={"help": "Train only the cross-modal layers and the head."})
+    freeze_audio_tower: bool = field(
+        default=False,
+        metadata={"help": "Freeze the audio tower only: the text tower, cross-modal layers and head train."},
+    )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Allow a checkpoint whose head has another number of labels."}
     )
@@ -112,7 +116,10 @@ class DataArguments:
 class TowerCacheArguments:
     cache_tower_outputs: bool = field(
         default=False,
-        metadata={"help": "With --freeze_towers: run the towers once, cache their outputs, train only the rest."},
+        metadata={
+            "help": "With --freeze_towers (or --freeze_audio_tower): run the frozen towers once, cache their outputs "
+            "and train the rest from the cache."
+        },
     )
 
 

@@ -105,4 +105,6 @@ def build_model(model_class, model_args: ModelArguments, processor: CMTProcessor
         model.freeze_feature_encoder()
     if model_args.freeze_towers:
         model.freeze_towers()
+    if model_args.freeze_audio_tower and model.base_model.audio_model is not None:
+        model.base_model.audio_model.requires_grad_(False)
     return model

@@ -80,12 +80,28 @@ def _update_with_tensors(hasher, named_tensors):
         hasher.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
 
 
-def _towers(model: CMTPreTrainedModel) -> list[tuple[str, torch.nn.Module]]:
-    """The towers the model has: both, or the one a single-modality model uses."""
+TOWERS = ("audio", "text")
+
+
+def _towers(model: CMTPreTrainedModel, towers: tuple[str, ...] | None = None) -> list[tuple[str, torch.nn.Module]]:
+    """The towers to cache: the model's towers that `towers` names (all of them by default)."""
     cmt = model.base_model
-    return [
-        (name, tower) for name, tower in (("audio", cmt.audio_model), ("text", cmt.text_model)) if tower is not None
-    ]
+    available = (("audio", cmt.audio_model), ("text", cmt.text_model))
+    return [(name, tower) for name, tower in available if tower is not None and (towers is None or name in towers)]
+
+
+def _check_towers(model: CMTPreTrainedModel, towers: tuple[str, ...] | None) -> tuple[str, ...]:
+    """`towers` checked against the model: names of towers it has (default: all of them)."""
+    if towers is not None:
+        unknown = [name for name in towers if name not in TOWERS]
+        if unknown:
+            raise ValueError(f"towers must name some of {list(TOWERS)}, got {list(towers)}.")
+    cached = tuple(name for name, _ in _towers(model, towers))
+    if not cached:
+        raise ValueError(f"The model has none of the towers {list(towers)} to cache.")
+    if _uses_unit_targets(model) and "audio" not in cached:
+        raise ValueError("Unit targets come from the audio tower: cache it too (towers include 'audio').")
+    return cached
 
 
 def _uses_unit_targets(model: CMTPreTrainedModel) -> bool:
@@ -98,13 +114,16 @@ def tower_cache_fingerprint(
     processor: CMTProcessor,
     batch_size: int = 8,
     storage_dtype: str = "float32",
+    towers: tuple[str, ...] | None = None,
 ) -> str:
-    """SHA-256 of everything the cached tower outputs depend on: the cache format, the towers' configs and weights,
-    the codebook (pretraining models with a unit loss), the feature extractor and tokenizer, the dataset's waveforms,
-    transcripts and labels, and the build's batch size and storage dtype."""
+    """SHA-256 of everything the cached tower outputs depend on: the cache format, which towers are cached and their
+    configs and weights, the codebook (pretraining models with a unit loss), the feature extractor and tokenizer, the
+    dataset's waveforms, transcripts and labels, and the build's batch size and storage dtype."""
+    cached = _check_towers(model, towers)
     hasher = hashlib.sha256()
     hasher.update(f"format={CACHE_FORMAT_VERSION};batch_size={batch_size};dtype={storage_dtype}".encode())
-    for name, tower in _towers(model):
+    hasher.update(f"towers={','.join(cached)}".encode())
+    for name, tower in _towers(model, cached):
         hasher.update(f"{name}:{tower.config.to_json_string(use_diff=False)}".encode())
         _update_with_tensors(hasher, tower.state_dict().items())
     if _uses_unit_targets(model):
@@ -141,6 +160,7 @@ def build_tower_cache(
     batch_size: int = 8,
     storage_dtype: str = "float32",
     on_stale: str = "rebuild",
+    towers: tuple[str, ...] | None = None,
 ) -> Dataset:
     """
     The towers' outputs for every row of `dataset` (as `prepare_split` makes it: `waveform` at 16 kHz, `text`, and
@@ -154,6 +174,9 @@ def build_tower_cache(
         storage_dtype: `"float32"` (exact) or `"float16"` (half the disk).
         on_stale: what to do with a cache in `cache_dir` built from anything else: `"rebuild"` it (with a warning)
             or `"error"` (raise [`StaleTowerCacheError`]).
+        towers: which towers to cache, `("audio",)` / `("text",)` / both (default: every tower the model has). A
+            tower left out keeps training: for the text tower the rows keep their `text`, which
+            [`TowerOutputCollator`] tokenizes.
     """
     if on_stale not in ("rebuild", "error"):
         raise ValueError(f"on_stale must be 'rebuild' or 'error', got {on_stale!r}.")
@@ -168,8 +191,9 @@ def build_tower_cache(
     if _uses_unit_targets(model) and not model.codebook_is_fitted:
         raise ValueError("The unit codebook is not fitted: run examples/fit_codebook.py before caching unit targets.")
 
+    towers = _check_towers(model, towers)
     cache_dir = Path(cache_dir)
-    fingerprint = tower_cache_fingerprint(model, dataset, processor, batch_size, storage_dtype)
+    fingerprint = tower_cache_fingerprint(model, dataset, processor, batch_size, storage_dtype, towers)
     meta_path = cache_dir / META_FILE
     if meta_path.is_file():
         built_for = json.loads(meta_path.read_text()).get("fingerprint", "")
@@ -183,7 +207,7 @@ def build_tower_cache(
         if on_stale == "error":
             raise StaleTowerCacheError(f"{message}: delete it, use another cache_dir, or pass on_stale='rebuild'.")
         logger.warning(f"{message}: rebuilding it.")
-    _write_tower_cache(model, dataset, processor, cache_dir, fingerprint, batch_size, storage_dtype)
+    _write_tower_cache(model, dataset, processor, cache_dir, fingerprint, batch_size, storage_dtype, towers)
     return load_tower_cache(cache_dir, fingerprint)
 
 
@@ -201,15 +225,17 @@ def load_tower_cache(cache_dir: str | os.PathLike, fingerprint: str | None = Non
             f"{fingerprint[:12]}: it was built from other tower weights, processor, codebook or data."
         )
     dataset = Dataset.from_file(str(data_path))
-    tensors = [name for name in dataset.column_names if name != "length"]
+    tensors = [name for name in dataset.column_names if name not in ("length", "text")]
     return dataset.with_format("torch", columns=tensors, output_all_columns=True)
 
 
-def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: str) -> Features:
+def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: str, towers) -> Features:
     features = {
         f"{name}_tower_output": Array2D(shape=(None, tower.config.hidden_size), dtype=storage_dtype)
-        for name, tower in _towers(model)
+        for name, tower in _towers(model, towers)
     }
+    if model.base_model.text_model is not None and "text" not in towers:
+        features["text"] = Value("string")  # the text tower trains: the collator tokenizes the transcript
     features["length"] = Value("int32")
     if "labels" in dataset.column_names:
         features["labels"] = dataset.features["labels"]
@@ -219,26 +245,29 @@ def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: 
 
 
 @torch.no_grad()
-def _tower_outputs(model: CMTPreTrainedModel, processor: CMTProcessor, rows: list[dict]) -> list[dict]:
-    """Runs the model's towers on one padded batch and returns each item's unpadded outputs."""
+def _tower_outputs(model: CMTPreTrainedModel, processor: CMTProcessor, rows: list[dict], towers) -> list[dict]:
+    """Runs the cached towers on one padded batch and returns each item's unpadded outputs."""
     cmt = model.base_model
     device = next(cmt.parameters()).device
     inputs = processor(
-        audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows] if cmt.audio_model is not None else None,
-        text=[row["text"] for row in rows] if cmt.text_model is not None else None,
+        audio=[np.asarray(row["waveform"], dtype=np.float32) for row in rows] if "audio" in towers else None,
+        text=[row["text"] for row in rows] if "text" in towers else None,
         sampling_rate=SAMPLING_RATE,
-        min_audio_samples=model.config.min_input_samples() if cmt.audio_model is not None else None,
+        min_audio_samples=model.config.min_input_samples() if "audio" in towers else None,
         return_tensors="pt",
     )
     inputs = {key: value.to(device) for key, value in inputs.items()}
     outputs = [{} for _ in rows]
-    if cmt.text_model is not None:
+    if cmt.text_model is not None and "text" not in towers:
+        for row, item in zip(rows, outputs):
+            item["text"] = str(row["text"])
+    if "text" in towers:
         text = cmt.get_text_features(inputs["input_ids"], inputs["attention_mask"]).last_hidden_state
         tokens = inputs["attention_mask"].sum(-1).tolist()
         for index, item in enumerate(outputs):
             item["text_tower_output"] = text[index, : tokens[index]].float().cpu().numpy()
             item["length"] = int(tokens[index])
-    if cmt.audio_model is not None:
+    if "audio" in towers:
         with_units = _uses_unit_targets(model)
         audio = cmt.get_audio_features(
             inputs["input_values"],
@@ -258,7 +287,7 @@ def _tower_outputs(model: CMTPreTrainedModel, processor: CMTProcessor, rows: lis
     return outputs
 
 
-def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, batch_size, storage_dtype):
+def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, batch_size, storage_dtype, towers):
     started = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
     (cache_dir / META_FILE).unlink(missing_ok=True)  # the metadata is written last: without it a cache is incomplete
@@ -269,7 +298,7 @@ def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, 
     chunk = batch_size * SORT_CHUNK_BATCHES
     was_training = model.training
     model.eval()
-    writer = ArrowWriter(features=_cache_features(model, dataset, storage_dtype), path=str(temporary))
+    writer = ArrowWriter(features=_cache_features(model, dataset, storage_dtype, towers), path=str(temporary))
     try:
         for start in range(0, len(dataset), chunk):
             indices = list(range(start, min(start + chunk, len(dataset))))
@@ -282,7 +311,7 @@ def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, 
             outputs = {}
             for offset in range(0, len(by_length), batch_size):
                 batch_indices = by_length[offset : offset + batch_size]
-                items = _tower_outputs(model, processor, [chunk_rows[index] for index in batch_indices])
+                items = _tower_outputs(model, processor, [chunk_rows[index] for index in batch_indices], towers)
                 outputs.update(zip(batch_indices, items))
             for index in indices:
                 writer.write(outputs[index])
@@ -298,7 +327,8 @@ def _write_tower_cache(model, dataset, processor, cache_dir: Path, fingerprint, 
         "batch_size": batch_size,
         "storage_dtype": storage_dtype,
         "unit_labels": _uses_unit_targets(model),
-        **{f"{name}_tower": tower.config.model_type for name, tower in _towers(model)},
+        "towers": list(towers),
+        **{f"{name}_tower": tower.config.model_type for name, tower in _towers(model, towers)},
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     (cache_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -315,10 +345,12 @@ class TowerOutputCollator:
     """Pads cached rows into what `forward` takes when the towers are skipped: `audio_tower_output` (batch, frames,
     hidden) with the boolean `audio_frame_mask`, `text_tower_output` (batch, tokens, text hidden) with the token
     `attention_mask` (each when the cache has that tower), and `labels` (float for regression, else long) /
-    `unit_labels` when the rows have them."""
+    `unit_labels` when the rows have them. Rows of a cache without the text tower carry their `text`, which
+    `processor` tokenizes into `input_ids` and `attention_mask` for the text tower that trains."""
 
     regression: bool = False
     feature_dtype: torch.dtype = torch.float32
+    processor: CMTProcessor | None = None
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
@@ -332,6 +364,11 @@ class TowerOutputCollator:
             tokens = torch.tensor([len(states) for states in text])
             batch["text_tower_output"] = pad_sequence(text, batch_first=True)  # (batch, tokens, hidden)
             batch["attention_mask"] = (torch.arange(int(tokens.max()))[None, :] < tokens[:, None]).long()
+        if "text" in rows[0] and "text_tower_output" not in rows[0]:
+            if self.processor is None:
+                raise ValueError("These cached rows need their transcripts tokenized: pass `processor=`.")
+            encoded = self.processor(text=[row["text"] for row in rows], return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = encoded["input_ids"], encoded["attention_mask"]
         if "labels" in rows[0]:
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.stack([torch.as_tensor(row["labels"]) for row in rows]).to(dtype)

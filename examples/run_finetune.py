@@ -103,25 +103,28 @@ def train_and_test_fold(
             "--ignore_mismatched_sizes to replace the head."
         )
 
-    # Frozen towers: run them once and train the cross-modal layers and the head on their cached outputs
+    # Frozen towers: run them once and train the rest (cross-modal layers, head, an unfrozen tower) on their outputs
     min_samples = model.config.min_input_samples() if model.base_model.audio_model is not None else None
     collator = AudioTextCollator(processor, regression=task.regression, min_audio_samples=min_samples)
     trained_on = prepared
-    if cache_args.cache_tower_outputs:
-        if not model_args.freeze_towers:
-            raise ValueError(
-                "--cache_tower_outputs needs --freeze_towers true: cached outputs cannot train the towers."
-            )
+    frozen = ("audio", "text") if model_args.freeze_towers else ("audio",) if model_args.freeze_audio_tower else ()
+    if cache_args.cache_tower_outputs and not frozen:
+        raise ValueError(
+            "--cache_tower_outputs needs --freeze_towers true or --freeze_audio_tower true: cached outputs cannot "
+            "train the towers."
+        )
+    towers = tuple(name for name in frozen if getattr(model.base_model, f"{name}_model") is not None)
+    if cache_args.cache_tower_outputs and towers:
         cache_root = Path(data_args.cache_dir or output_dir) / "tower_cache"
         model.to(training_args.device)  # the towers run on the training device, where the Trainer would put them
         with training_args.main_process_first(desc="caching tower outputs"):
             trained_on = {}
             for name, split in prepared.items():
                 # A folder per split, towers and data: runs sharing --cache_dir reuse caches and never overwrite them.
-                fingerprint = tower_cache_fingerprint(model, split, processor)
+                fingerprint = tower_cache_fingerprint(model, split, processor, towers=towers)
                 cache_dir = cache_root / f"{name}-{fingerprint[:16]}"
-                trained_on[name] = build_tower_cache(model, split, processor, cache_dir)
-        collator = TowerOutputCollator(regression=task.regression)
+                trained_on[name] = build_tower_cache(model, split, processor, cache_dir, towers=towers)
+        collator = TowerOutputCollator(regression=task.regression, processor=processor)
 
     # Trainer
     trainer = CMTTrainer(

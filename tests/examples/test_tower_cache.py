@@ -87,6 +87,33 @@ def test_cached_logits_and_loss_equal_the_uncached_model(
     torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
 
 
+def test_an_audio_only_cache_leaves_the_text_tower_training(processor, tmp_path, no_dropout_config, prepared_rows):
+    torch.manual_seed(0)
+    model = CMTForSequenceClassification(no_dropout_config(ortho_weight=0.1))
+    model.base_model.audio_model.requires_grad_(False)
+    dataset = prepared_rows()
+    cache = tower_cache.build_tower_cache(model, dataset, processor, tmp_path / "cache", towers=("audio",))
+    assert "text_tower_output" not in cache.column_names and list(cache["text"]) == list(dataset["text"])
+    meta = json.loads((tmp_path / "cache" / tower_cache.META_FILE).read_text())
+    assert meta["towers"] == ["audio"]
+    indices = [0, 3, 4, 7]
+    batch = tower_cache.TowerOutputCollator(processor=processor)([cache[i] for i in indices])
+    expected_batch = uncached_batch(processor, dataset, indices)
+    torch.testing.assert_close(batch["input_ids"], expected_batch["input_ids"])
+    model.train()  # dropout is off: train mode only switches gradients on
+    cached = model(**batch)
+    expected = model(**expected_batch)
+    torch.testing.assert_close(cached.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    cached.loss.backward()
+    text_grads = [p.grad for p in model.base_model.text_model.parameters() if p.grad is not None]
+    assert text_grads and any(grad.abs().sum() > 0 for grad in text_grads)  # the text tower trains from the cache
+    assert tower_cache.tower_cache_fingerprint(
+        model, dataset, processor, towers=("audio",)
+    ) != tower_cache.tower_cache_fingerprint(model, dataset, processor)
+    with pytest.raises(ValueError, match="need their transcripts tokenized"):
+        tower_cache.TowerOutputCollator()([cache[0]])
+
+
 def test_regression_cache_keeps_float_labels(processor, tmp_path, no_dropout_config, prepared_rows):
     torch.manual_seed(0)
     model = CMTForSequenceClassification(no_dropout_config(num_labels=1, problem_type="regression")).eval()

@@ -401,6 +401,30 @@ def test_run_finetune_trains_from_one_cache_per_split(run_script, trainers, word
         assert (batch["labels"] != batch["labels"].round()).any()  # scores were not cut to integers
 
 
+def test_run_finetune_caches_a_frozen_audio_tower_and_trains_the_text_tower(
+    run_script, word_dataset, tmp_path, monkeypatch
+):
+    initial, original = {}, CMTTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        initial.update({name: value.clone() for name, value in self.model.state_dict().items()})
+
+    monkeypatch.setattr(CMTTrainer, "__init__", init)
+    output = tmp_path / "run"
+    run_script(
+        "run_finetune", "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--freeze_audio_tower", "true",
+        "--cache_tower_outputs", "true", "--num_train_epochs", "2", "--output_dir", output,
+    )  # fmt: skip
+    caches = sorted((output / "tower_cache").iterdir())
+    assert [json.loads((folder / tower_cache.META_FILE).read_text())["towers"] for folder in caches] == [["audio"]] * 3
+    trained = load_file(output / "model.safetensors")
+    audio = [name for name in trained if ".audio_model." in name]
+    text = [name for name in trained if ".text_model." in name]
+    assert audio and all(torch.equal(trained[name], initial[name]) for name in audio)  # frozen: never changed
+    assert any(not torch.equal(trained[name], initial[name]) for name in text)  # the text tower trained
+
+
 def test_run_finetune_reuses_caches_and_keys_them_by_the_towers(run_script, word_dataset, tmp_path, monkeypatch):
     arguments = [
         "--task", "dataset", "--dataset_path", word_dataset, *TINY, "--freeze_towers", "true",
