@@ -7,7 +7,8 @@ PYTHON ?= python3
 SETUP_HASH := $(shell sha256sum setup.py | cut -c1-16)
 VENV ?= $(HOME)/.cache/cmt/venv-$(SETUP_HASH)
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg espeak-ng
+# chromium + chromium-driver: the web demo's browser test (tests/examples/test_app.py).
+APT_PACKAGES := ffmpeg espeak-ng chromium chromium-driver
 PYTEST_ARGS ?=
 # OpenMP threads sleep while they wait instead of spinning, so that a second CPU-bound process (another job, a test
 # run) does not slow every step down many times over (README, "Threads"). Set OMP_WAIT_POLICY=ACTIVE to override.
@@ -18,6 +19,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 help:
 	@echo "make demo   - run the main job on the embedded data (installs what it needs)"
 	@echo "make quickstart - one-minute end-to-end check of the model package"
+	@echo "make app    - the web demo on http://127.0.0.1:7860 (after make demo)"
 	@echo "make test   - run the test suite (installs what it needs)"
 	@echo "make lint   - ruff"
 
@@ -57,6 +59,13 @@ demo: venv
 # A one-minute check of the model package alone: build, save in Hub layout, reload with remote code, classify.
 quickstart: venv
 	$(PY) examples/quickstart.py --output_dir demo_output/quickstart
+
+# The web demo (examples/app.py) on http://127.0.0.1:7860 with demo_output/best_model (after `make demo`);
+# APP_ARGS="--model path/or/hub-id --asr_model openai/whisper-small" for another checkpoint.
+.PHONY: app
+APP_ARGS ?=
+app: venv
+	$(PY) examples/app.py $(APP_ARGS)
 
 # Benchmarks (benchmarks/README.md): `bench` writes benchmarks/results/, `bench-smoke` runs them all tiny in seconds.
 .PHONY: bench bench-smoke

@@ -41,13 +41,29 @@ extras = {
         "onnxruntime>=1.20,<2",
         "webvtt-py>=0.6,<0.7",
     ],
+    # ONNX export and int8 quantization (modeling_cmt/export.py, cmt-export): torch.onnx's dynamo exporter needs
+    # onnxscript; the exported folder itself runs with numpy, onnxruntime and tokenizers only.
+    "export": [
+        "onnx>=1.17,<2",
+        "onnxscript>=0.5,<0.8",
+        "onnxruntime>=1.20,<2",
+    ],
+    # The web demo (examples/app.py, `make app`).
+    "app": [
+        "gradio>=6,<7",
+        "gradio_client>=2,<3",
+    ],
     "dev": [
         "pytest>=8,<10",
         "ruff>=0.6",
         "webrtcvad-wheels>=2.0.14,<3",  # the VAD comparison in benchmarks/timeline.py
+        "selenium>=4.20,<5",  # the web demo's browser test drives Debian's chromium through chromedriver
     ],
 }
-extras["dev"] = extras["dev"] + extras["train"] + extras["demo"] + extras["timeline"]
+extras["app"] = extras["app"] + extras["timeline"] + extras["demo"]
+extras["dev"] = (
+    extras["dev"] + extras["train"] + extras["demo"] + extras["timeline"] + extras["export"] + extras["app"]
+)
 
 setup(
     name="cmt-speech",
@@ -77,6 +93,7 @@ setup(
         "console_scripts": [
             "cmt-predict = modeling_cmt.predict:main",
             "cmt-timeline = modeling_cmt.timeline:main",
+            "cmt-export = modeling_cmt.export:main",
         ]
     },
 )

@@ -16,4 +16,6 @@ BENCHMARKS = (
     "data_pipeline",
     "inference",
     "scaling",
+    "export",
+    "timeline",
 )
