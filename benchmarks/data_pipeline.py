@@ -8,9 +8,10 @@ Throughput (utterances/s, one process, the default `dataloader_num_workers` of `
 - the naive path: decoding (and resampling) again at every access, then collating.
 Each is compared with the utterances/s of a train step with the package defaults on the same utterances.
 
-Padding: the share of audio frames in a batch of 8 that are padding, for random batches, HF's length-grouped sampler
-(`train_sampling_strategy="group_by_length"`, the package default) and a full sort (the lower bound), on IEMOCAP-like
-durations (5531 utterances, cut at `max_audio_seconds=20`) and on the synthetic corpus.
+Padding: the share of audio frames in a batch that are padding, for random batches of 8, HF's length-grouped sampler
+(`train_sampling_strategy="group_by_length"`, the package default), a full sort (the lower bound of fixed batches of
+8) and batches by duration (`--max_batch_seconds` = 8 x the mean duration: as much audio per batch on average), on
+IEMOCAP-like durations (5531 utterances, cut at `max_audio_seconds=20`) and on the synthetic corpus.
 """
 
 import io
@@ -28,6 +29,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from cmt_training.arguments import CMTTrainingArguments, ModelArguments
 from cmt_training.build import build_processor
 from cmt_training.data import SAMPLING_RATE, AudioTextCollator, prepare_split
+from cmt_training.sampling import DurationBatchSampler
 from modeling_cmt import CMTConfig
 
 from .corpora import datasets_caching_disabled, iemocap_like_seconds, length_matched_corpus, synthetic_corpus
@@ -45,33 +47,42 @@ BATCH_SIZE = 8
 MAX_AUDIO_SECONDS = 20.0
 
 
-def padding_fraction(frames: np.ndarray, order: list[int], batch_size: int) -> float:
+def padding_fraction(frames: np.ndarray, batches: list[list[int]]) -> float:
     real = padded = 0
-    for start in range(0, len(order), batch_size):
-        batch = frames[order[start : start + batch_size]]
-        real += int(batch.sum())
-        padded += len(batch) * int(batch.max())
+    for batch in batches:
+        lengths = frames[batch]
+        real += int(lengths.sum())
+        padded += len(batch) * int(lengths.max())
     return 1 - real / padded
 
 
-def padding_by_policy(frames: np.ndarray, batch_size: int, epochs: int = 5) -> dict[str, float]:
+def fixed_size_batches(order: list[int], batch_size: int) -> list[list[int]]:
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def batches_by_duration(seconds: np.ndarray, max_batch_seconds: float, epoch: int) -> list[list[int]]:
+    sampler = DurationBatchSampler(seconds, max_batch_seconds)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def padding_by_policy(frames: np.ndarray, seconds: np.ndarray, batch_size: int, epochs: int = 5) -> dict[str, float]:
     """Mean padding share over `epochs` shuffles for each batching policy."""
     lengths = frames.tolist()
+    budget = batch_size * float(seconds.mean())
     policies = {
-        "random": lambda generator: torch.randperm(len(lengths), generator=generator).tolist(),
-        "length-grouped": lambda generator: get_length_grouped_indices(lengths, batch_size, generator=generator),
-        "sorted": lambda generator: np.argsort(frames, kind="stable").tolist(),
+        "random": lambda seed: fixed_size_batches(
+            torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist(), batch_size
+        ),
+        "length-grouped": lambda seed: fixed_size_batches(
+            get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed)), batch_size
+        ),
+        "sorted": lambda seed: fixed_size_batches(np.argsort(frames, kind="stable").tolist(), batch_size),
+        f"by duration (max_batch_seconds {budget:.1f})": lambda seed: batches_by_duration(seconds, budget, seed),
     }
     return {
-        name: float(
-            np.mean(
-                [
-                    padding_fraction(frames, order(torch.Generator().manual_seed(seed)), batch_size)
-                    for seed in range(epochs)
-                ]
-            )
-        )
-        for name, order in policies.items()
+        name: float(np.mean([padding_fraction(frames, batches(seed)) for seed in range(epochs)]))
+        for name, batches in policies.items()
     }
 
 
@@ -112,9 +123,10 @@ def run(settings: Settings) -> Result:
     ):
         samples = np.minimum((durations * SAMPLING_RATE).astype(int), max_samples)
         frames = np.array([frames_config.audio_frames(int(n)) for n in samples])
-        padding = padding_by_policy(frames, BATCH_SIZE)
+        padding = padding_by_policy(frames, samples / SAMPLING_RATE, BATCH_SIZE)
         for policy, share in padding.items():
-            result.add(f"padding, {corpus_name} ({len(frames)} utt.), batch {BATCH_SIZE}: {policy}", 100 * share, "%")
+            batching = policy if policy.startswith("by duration") else f"batch {BATCH_SIZE}: {policy}"
+            result.add(f"padding, {corpus_name} ({len(frames)} utt.), {batching}", 100 * share, "%")
         details[f"padding_{corpus_name}"] = padding
         details[f"durations_{corpus_name}"] = {
             "mean": float(durations.mean()),
