@@ -90,6 +90,12 @@ def _towers(model: CMTPreTrainedModel, towers: tuple[str, ...] | None = None) ->
     return [(name, tower) for name, tower in available if tower is not None and (towers is None or name in towers)]
 
 
+def _keeps_text(model: CMTPreTrainedModel, towers: tuple[str, ...]) -> bool:
+    """Whether the cached rows keep their transcripts: the model has a text tower that is not cached (it trains).
+    Part of the fingerprint, so that an audio-only model's cache (same audio tower) is not reused without them."""
+    return model.base_model.text_model is not None and "text" not in towers
+
+
 def _check_towers(model: CMTPreTrainedModel, towers: tuple[str, ...] | None) -> tuple[str, ...]:
     """`towers` checked against the model: names of towers it has (default: all of them)."""
     if towers is not None:
@@ -122,7 +128,7 @@ def tower_cache_fingerprint(
     cached = _check_towers(model, towers)
     hasher = hashlib.sha256()
     hasher.update(f"format={CACHE_FORMAT_VERSION};batch_size={batch_size};dtype={storage_dtype}".encode())
-    hasher.update(f"towers={','.join(cached)}".encode())
+    hasher.update(f"towers={','.join(cached)};keeps_text={_keeps_text(model, cached)}".encode())
     for name, tower in _towers(model, cached):
         hasher.update(f"{name}:{tower.config.to_json_string(use_diff=False)}".encode())
         _update_with_tensors(hasher, tower.state_dict().items())
@@ -234,7 +240,7 @@ def _cache_features(model: CMTPreTrainedModel, dataset: Dataset, storage_dtype: 
         f"{name}_tower_output": Array2D(shape=(None, tower.config.hidden_size), dtype=storage_dtype)
         for name, tower in _towers(model, towers)
     }
-    if model.base_model.text_model is not None and "text" not in towers:
+    if _keeps_text(model, towers):
         features["text"] = Value("string")  # the text tower trains: the collator tokenizes the transcript
     features["length"] = Value("int32")
     if "labels" in dataset.column_names:

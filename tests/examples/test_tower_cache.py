@@ -112,6 +112,12 @@ def test_an_audio_only_cache_leaves_the_text_tower_training(processor, tmp_path,
     ) != tower_cache.tower_cache_fingerprint(model, dataset, processor)
     with pytest.raises(ValueError, match="need their transcripts tokenized"):
         tower_cache.TowerOutputCollator()([cache[0]])
+    # an audio-only model with the same audio tower caches no transcripts: its cache is another one
+    audio_only = CMTForSequenceClassification(no_dropout_config(modality="audio", num_cross_layers=0))
+    audio_only.base_model.audio_model.load_state_dict(model.base_model.audio_model.state_dict())
+    assert tower_cache.tower_cache_fingerprint(
+        audio_only, dataset, processor, towers=("audio",)
+    ) != tower_cache.tower_cache_fingerprint(model, dataset, processor, towers=("audio",))
 
 
 def test_regression_cache_keeps_float_labels(processor, tmp_path, no_dropout_config, prepared_rows):
