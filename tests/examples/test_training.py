@@ -4,6 +4,7 @@ tiny corpora (CPU, one process; several processes: test_distributed.py)."""
 import errno
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -560,3 +561,33 @@ def test_cpu_allocator_tuning_is_applied_on_linux_and_can_be_switched_off(
     assert calls == [1]  # a CPU run tunes the allocator once
     run_script("run_finetune", *arguments, "--output_dir", tmp_path / "off", "--cpu_allocator_tuning", "false")
     assert calls == [1]
+
+
+# --- the README's "Train and evaluate" commands ---------------------------------------------------------------------
+
+
+def readme_commands(heading: str) -> list[list[str]]:
+    """The commands of the first bash block under `## <heading>` in the README, one argv each."""
+    section = (REPO / "README.md").read_text().split(f"## {heading}\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_training_commands_run_in_order(run_script, synthetic_cache, tmp_path, monkeypatch):
+    """Each README command as typed (the launcher aside), on the session's 80-utterance corpus and for one epoch:
+    the flags exist, the steps chain (codebook -> pretraining -> fine-tuning -> report) and fine-tuning runs with the
+    frozen, cached audio tower and the learning rate the README's measured numbers come from."""
+    monkeypatch.chdir(tmp_path)  # the commands write to runs/
+    commands = readme_commands("Train and evaluate")
+    scripts = [next(Path(word).stem for word in command if word.startswith("examples/")) for command in commands]
+    assert scripts == ["fit_codebook", "run_pretrain", "run_finetune", "report"]
+    small = ["--synthetic_size", "80", "--cache_dir", str(synthetic_cache), "--disable_tqdm", "true"]
+    shorter = {"fit_codebook": small, "run_pretrain": [*small, "--num_train_epochs", "1"],
+               "run_finetune": [*small, "--num_train_epochs", "1"], "report": []}  # fmt: skip
+    for script, command in zip(scripts, commands):
+        arguments = command[[word.startswith("examples/") for word in command].index(True) + 1 :]
+        run_script(script, *arguments, *shorter[script])  # a repeated flag: the last one counts
+    protocol = read_json(tmp_path / "runs" / "finetune" / "results.json")["protocol"]
+    assert protocol["model"]["freeze_audio_tower"] is True and protocol["training"]["learning_rate"] == 2e-3
+    assert read_json(tmp_path / "runs" / "finetune" / "results.json")["folds"][0]["cached_tower_outputs"] is True
+    assert (tmp_path / "runs" / "report" / "results.md").is_file()
