@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoProcessor
+
+import hub_datasets
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +44,31 @@ def test_demo_smoke_writes_every_artefact(tmp_path):
         assert {"protocol", "aggregate", "aggregate_by_item_type", "folds"} <= set(row)
         assert row["protocol"]["seed"] == 0 and row["folds"][0]["cached_tower_outputs"] is True
     assert {"global", "aligned", "all"} <= set(results["ceilings"])
+    # the captured fraction comes from each row's score and the ceilings function on the same test rows
+    corpus = hub_datasets.load_synthetic_emotion(
+        num_utterances=results["settings"]["num_utterances"], cache_dir=str(output / "cache")
+    )
+    test_rows = corpus[f"session{results['settings']['folds']}"].remove_columns("audio")
+    ceilings = hub_datasets.synthetic_emotion_ceilings(test_rows)
+    for item_type, views in ceilings.items():
+        for view, metrics in views.items():
+            assert results["ceilings"][item_type][view]["accuracy"] == pytest.approx(metrics["accuracy"])
+    views = {"RoBERTa-only": "text", "HuBERT-only": "prosody", "Shallow-Fusion": "text+prosody"}
+    for name, row in results["rows"].items():
+        view = views.get(name, "text+prosody+alignment")
+        captured = results["captured"][name]
+        assert captured["view"] == view
+        for item_type, score in [("all", row["aggregate"]["ua"]["mean"])] + [
+            (t, row["aggregate_by_item_type"][t]["wa"]["mean"]) for t in ("aligned", "global")
+        ]:
+            ceiling = ceilings[item_type][view]["accuracy"]
+            assert captured[item_type]["ceiling"] == pytest.approx(ceiling)
+            if ceiling > 0.25:
+                assert captured[item_type]["captured"] == pytest.approx((score - 0.25) / (ceiling - 0.25))
+            else:  # nothing to capture (text alone on aligned items)
+                assert captured[item_type]["captured"] is None
+        line = re.search(rf"^\| {re.escape(name)} \| {re.escape(view)} \| (.*) \|$", table, re.M)
+        assert line and line.group(1).split(" | ")[2] == f"{captured['all']['captured']:.2f}", name
     assert len(results["predictions"]) == 6
     assert all({"true", "predicted", "score", "text"} <= set(p) for p in results["predictions"])
     assert {"corpora", "pretrain", "total"} <= set(results["timings_s"])
@@ -49,7 +77,7 @@ def test_demo_smoke_writes_every_artefact(tmp_path):
         image = matplotlib.image.imread(output / name)
         assert image.ndim == 3 and min(image.shape[:2]) > 100, name
     explanation = json.loads((output / "explain_layer_pooler_cmt.json").read_text())
-    assert sum(explanation["layer_pooler_weights"]) == __import__("pytest").approx(1.0)
+    assert sum(explanation["layer_pooler_weights"]) == pytest.approx(1.0)
 
     best = output / "best_model"
     card = (best / "README.md").read_text()
