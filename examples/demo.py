@@ -15,7 +15,7 @@ The towers are small and randomly initialised (the `demo` preset): these are syn
 code paths and the relative behaviour of the models, not the paper's numbers, which need the real corpora, pretrained
 towers and GPUs (README, "Reproduce the paper"). Finished steps are cached in the output folder; `--fresh` redoes all.
 
-    python examples/demo.py                   # ~10 minutes on 2 CPU cores
+    python examples/demo.py                   # ~30 minutes on 2 CPU cores (README, "The demo")
     python examples/demo.py --smoke           # seconds: tiny everything, same code path
 """
 
@@ -314,7 +314,7 @@ class Demo:
             "not the paper's numbers: those need IEMOCAP / CMU-MOSEI, pretrained HuBERT and RoBERTa and GPUs "
             "(README, 'Reproduce the paper').",
             "",
-            "Protocol of this demo (our choices, to fit about ten CPU minutes): pretraining on "
+            "Protocol of this demo (our choices, to fit a CPU budget of about half an hour): pretraining on "
             f"{self.settings['pretrain_utterances']} other synthetic utterances (seed 1, labels unused), TAPT on each "
             "fold's training split, then fine-tuning with the audio tower frozen: `run_finetune.py "
             "--freeze_audio_tower true --cache_tower_outputs true` runs the audio tower once and trains the text "
@@ -368,7 +368,7 @@ class Demo:
             "Caveats of this protocol, whatever the numbers above say: the audio tower stays frozen in fine-tuning "
             "(HuBERT-only's head reads what pretraining put there), and its only self-supervision is CMT's "
             "cross-modal pretraining from random weights, not the single-modal pretraining the paper's towers had. "
-            "The captured fractions say how far each row is from what its inputs allow; ten CPU minutes of training "
+            "The captured fractions say how far each row is from what its inputs allow; half an hour of CPU training "
             "of 0.5 M-parameter random towers is far from the pretrained towers of the paper. Differences within one "
             "standard deviation over three folds are not evidence either way.",
             "",
