@@ -14,6 +14,15 @@ cut short by the interruption is removed and its row classified again. A row tha
 truncated file, audio too short, NaN samples, no transcript, ...) is written with an `error` naming its row number and
 the reason and does not stop the others; the run ends with a summary and exits with 1 when any row failed. Weights
 load from safetensors files only, unless `--allow_pickle`.
+
+On many GPUs (or CPU processes, or machines sharing a file system) the same command runs under accelerate:
+
+    accelerate launch --multi_gpu --num_processes 8 -m modeling_cmt.predict path/to/checkpoint manifest.csv -o out.csv
+
+The rows still to do are split into one contiguous share per process; each process writes its share to its own part
+file in `<output>.parts/` and, once all have finished, the first process merges the parts into the output in input
+order and removes them. A killed run leaves its parts behind: the next run (with any number of processes) merges
+what they hold first, so no row is lost or classified twice.
 """
 
 import argparse
@@ -26,6 +35,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +297,12 @@ def _is_complete(record, columns: list[str]) -> bool:
     return True
 
 
+def record_key(record: dict) -> tuple[str, str | None]:
+    """The key (file read, transcript given) of the row an output record was written for."""
+    text = record["text"] if record["text_source"] in ("input", "", None) else None  # ASR text is not an input
+    return record["path"], transcript_key(text)
+
+
 def resume(output: Path, columns: list[str]) -> set[tuple[str, str | None]]:
     """
     The keys (file read, transcript) of the rows an earlier run wrote to `output`, after making the file whole: a last
@@ -321,14 +337,21 @@ def resume(output: Path, columns: list[str]) -> set[tuple[str, str | None]]:
                 "), and records follow it: fix or remove it, or pass --overwrite to start afresh."
             )
         else:
-            source = record["text_source"]
-            text = record["text"] if source in ("input", "", None) else None  # the transcript given, if any
-            keys.add((record["path"], transcript_key(text)))
+            keys.add(record_key(record))
         kept = end
     if kept < len(content):
         with open(output, "r+b") as file:
             file.truncate(len(content[:kept].encode("utf-8", errors="surrogateescape")))
     return keys
+
+
+def read_records(output: Path, columns: list[str]) -> list[dict]:
+    """The records of an output file made whole by `resume`."""
+    if not output.is_file():
+        return []
+    content = output.read_bytes().decode("utf-8", errors="surrogateescape")
+    is_csv = output.suffix.lower() == ".csv"
+    return [record for record, _ in _records(content, is_csv) if _is_complete(record, columns)]
 
 
 class PredictionWriter:
@@ -379,6 +402,96 @@ def error_record(row: Row, message: str, columns: list[str]) -> dict:
     text = row.text if row.text is None or isinstance(row.text, str) else json.dumps(row.text)
     record.update(row=row.number, audio=row.audio, path=row.path, text=text, error=f"row {row.number}: {message}")
     return record
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Many processes: one part file per process, merged into the output in input order
+# ---------------------------------------------------------------------------------------------------------------------
+
+# How long a finished process waits for the others at the end (the default, 30 minutes, is shorter than the gap
+# between the first and the last share of a long run can be).
+PROCESS_GROUP_TIMEOUT = timedelta(hours=12)
+
+
+def parts_folder(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def part_path(output: Path, process_index: int) -> Path:
+    return parts_folder(output) / f"part-{process_index:05d}{output.suffix.lower()}"
+
+
+def existing_parts(output: Path) -> list[Path]:
+    folder = parts_folder(output)
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"part-[0-9][0-9][0-9][0-9][0-9]{output.suffix.lower()}"))
+
+
+def distributed_state():
+    """accelerate's process state when the command was started by a multi-process launcher (`accelerate launch`,
+    torchrun), else None. Processes on machines without GPUs form one gloo job."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        from accelerate import PartialState
+    except ImportError as error:
+        raise SystemExit(
+            "cmt-predict: error: this process is one of several started by a launcher (WORLD_SIZE="
+            f"{os.environ['WORLD_SIZE']}), and sharing the rows between them needs accelerate: pip install accelerate."
+        ) from error
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
+def merge_parts(output: Path, columns: list[str], rows: list[Row]) -> list[dict]:
+    """
+    Moves the records of the part files in `<output>.parts/` into `output` and removes them; returns the records it
+    added. When every record of the output and the parts belongs to a row of this run (same row number, same file),
+    the output is rewritten in input order (through a temporary file renamed over it, so a kill leaves the old output
+    or the new one, never half of either); otherwise the parts' records are appended in row order. Records whose row
+    is already in the output (a run killed after the merge, before the parts were removed) are dropped.
+    """
+    parts = existing_parts(output)
+    if not parts:
+        return []
+    resume(output, columns)
+    present = read_records(output, columns)
+    keys = {record_key(record) for record in present}
+    added = []
+    for part in parts:
+        resume(part, columns)
+        for record in read_records(part, columns):
+            if record_key(record) not in keys:
+                keys.add(record_key(record))
+                added.append(record)
+    added.sort(key=lambda record: int(record["row"]))
+
+    def belongs(record):
+        number = int(record["row"])
+        return 1 <= number <= len(rows) and rows[number - 1].path == record["path"]
+
+    if all(belongs(record) for record in present + added):
+        merged = sorted(present + added, key=lambda record: int(record["row"]))
+        descriptor, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=output.suffix)
+        os.close(descriptor)
+        try:
+            writer = PredictionWriter(Path(temporary), columns)  # empty: gets the header
+            writer.write(merged)
+            os.fsync(writer.file.fileno())
+            writer.close()
+            os.replace(temporary, output)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    else:
+        writer = PredictionWriter(output, columns)
+        writer.write(added)
+        writer.close()
+    for part in parts:
+        part.unlink()
+    if not any(parts_folder(output).iterdir()):
+        parts_folder(output).rmdir()
+    return added
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -434,19 +547,23 @@ def classify(classifier, rows: list[Row], args: argparse.Namespace, call_kwargs:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    state = distributed_state()  # None: one process
+    is_main = state is None or state.is_main_process
 
     # --- rows to classify, and where they go (checked before the model loads) --------------------------------------
     rows = collect_rows(args.inputs, args.audio_column, args.text_column, args.manifest_encoding)
     output = Path(args.output)
-    check_output(output, args.inputs)
+    if is_main:
+        check_output(output, args.inputs)
 
     # --- model ------------------------------------------------------------------------------------------------------
+    device = state.device if state is not None and args.device == "auto" else resolve_device(args.device)
     model_kwargs = {"use_safetensors": None if args.allow_pickle else True}  # None: safetensors, else the pickle
     try:
         classifier = pipeline(
             TASK,
             model=args.model,
-            device=resolve_device(args.device),
+            device=device,
             trust_remote_code=args.trust_remote_code,
             model_kwargs=model_kwargs,
         )
@@ -458,11 +575,19 @@ def main(argv: list[str] | None = None) -> int:
             "automatic-speech-recognition", model=args.asr_model, device=classifier.device, model_kwargs=model_kwargs
         )
 
-    # --- what is left to do: resume, skip repeated rows -------------------------------------------------------------
+    # --- what is left to do: resume (and merge the parts a killed run left), skip repeated rows --------------------
     columns = output_columns(classifier.model.config)
-    if args.overwrite and output.exists():
-        output.unlink()
-    done = resume(output, columns)
+    if is_main:
+        if args.overwrite:
+            if output.exists():
+                output.unlink()
+            for part in existing_parts(output):
+                part.unlink()
+        resume(output, columns)
+        merge_parts(output, columns, rows)
+    if state is not None:
+        state.wait_for_everyone()  # the output is whole before any process reads it
+    done = {record_key(record) for record in read_records(output, columns)}
     todo, repeated, keys = [], 0, set(done)
     for row in rows:
         if row.key not in keys:
@@ -472,19 +597,33 @@ def main(argv: list[str] | None = None) -> int:
             repeated += 1
     already = len(rows) - len(todo) - repeated
 
-    # --- classify and write, batch by batch ---------------------------------------------------------------------------
-    writer = PredictionWriter(output, columns)
+    # --- classify and write, batch by batch (each process its share, to its own part file) -------------------------
+    share, target, desc = todo, output, "cmt-predict"
+    if state is not None:
+        with state.split_between_processes(todo) as share:
+            pass
+        target = part_path(output, state.process_index)
+        target.parent.mkdir(exist_ok=True)
+        desc = f"cmt-predict (process {state.process_index + 1} of {state.num_processes})"
+    writer = PredictionWriter(target, columns)
     failed = []
     try:
-        with tqdm(total=len(todo), unit="utt", desc="cmt-predict") as progress:
-            for start in range(0, len(todo), args.batch_size):
-                batch = todo[start : start + args.batch_size]
+        with tqdm(total=len(share), unit="utt", desc=desc, disable=not is_main) as progress:
+            for start in range(0, len(share), args.batch_size):
+                batch = share[start : start + args.batch_size]
                 records = classify(classifier, batch, args, call_kwargs)
                 failed += [record["row"] for record in records if record["error"]]
                 writer.write(records)
                 progress.update(len(batch))
     finally:
         writer.close()
+    if state is not None:
+        state.wait_for_everyone()
+        if is_main:
+            failed = [int(record["row"]) for record in merge_parts(output, columns, rows) if record["error"]]
+        state.wait_for_everyone()  # nobody exits (which makes the launcher stop the others) during the merge
+        if not is_main:
+            return 0
 
     # --- summary ------------------------------------------------------------------------------------------------------
     shown = ", ".join(str(number) for number in failed[:20]) + (", ..." if len(failed) > 20 else "")
@@ -493,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" (rows {shown}; see the error column)" if failed else "")
         + f", {already} already in {output}"
         + (f", {repeated} repeating an earlier row (same file and transcript) skipped" if repeated else "")
+        + (f", by {state.num_processes} processes" if state is not None else "")
         + f"; predictions in {output}."
     )
     return 1 if failed else 0

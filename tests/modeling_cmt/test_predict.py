@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -405,3 +407,87 @@ def test_a_pickle_only_checkpoint_needs_allow_pickle(checkpoint, wavs, tmp_path,
     expected = read_csv(output)
     assert main([str(checkpoint), str(wavs), "-o", str(tmp_path / "safe.csv")]) == 0
     assert [row["score"] for row in read_csv(tmp_path / "safe.csv")] == [row["score"] for row in expected]
+
+
+# --- many processes: `accelerate launch -m modeling_cmt.predict` ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _launch_predict(arguments: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file examples/accelerate_configs/cpu_ddp.yaml -m modeling_cmt.predict ...`: two
+    processes on this GPU-less machine (gloo)."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("ACCELERATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         "examples/accelerate_configs/cpu_ddp.yaml", "-m", "modeling_cmt.predict", *map(str, arguments)],
+        capture_output=True, text=True, env={**environment, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def many_rows(tmp_path, write_wav):
+    """A manifest of 11 rows (row 6 names a missing file) and its checkpoint-independent parts."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    rows = []
+    for index in range(11):
+        if index != 5:
+            write_wav(folder / f"u{index}.wav", pcm(5000 + 700 * index, index))
+        rows.append((f"audio/u{index}.wav", TEXTS[index % 2]))
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["audio", "text"])
+        writer.writerows(rows)
+    return manifest
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_two_processes_write_parts_merged_in_input_order_and_resume(checkpoint, many_rows, tmp_path, suffix):
+    single, double = tmp_path / f"single{suffix}", tmp_path / f"double{suffix}"
+    common = [checkpoint, many_rows, "--batch_size", "2", "--device", "cpu"]
+    assert main([*map(str, common), "--output", str(single)]) == 1  # row 6 fails
+
+    completed = _launch_predict([*common, "--output", double])
+    assert completed.returncode != 0  # a row failed: exit status 1, as with one process
+    assert "11 rows: 10 classified, 1 failed (rows 6; see the error column)" in completed.stdout
+    assert "by 2 processes" in completed.stdout, completed.stderr[-3000:]
+    assert not (tmp_path / f"double{suffix}.parts").exists()  # the parts were merged and removed
+
+    def records(path):
+        if suffix == ".csv":
+            return read_csv(path)
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    one, two = records(single), records(double)
+    assert [int(record["row"]) for record in two] == list(range(1, 12))  # input order
+    for a, b in zip(one, two):  # the same predictions as one process (other batches: scores to float noise)
+        assert {key: value for key, value in a.items() if not key.startswith("score")} == {
+            key: value for key, value in b.items() if not key.startswith("score")
+        }
+        for key in a:
+            if key.startswith("score") and a[key] not in ("", None):
+                assert float(b[key]) == pytest.approx(float(a[key]), abs=1e-5)
+
+    # What a run killed mid-way leaves: the rows an earlier run merged, and each process's part file with its first
+    # records, the last one cut short. The rerun (here by two processes again) neither loses nor repeats a row.
+    finished = double.read_text()
+    lines = finished.splitlines(keepends=True)
+    header = lines[:1] if suffix == ".csv" else []
+    body = lines[len(header) :]
+    parts = tmp_path / f"double{suffix}.parts"
+    parts.mkdir()
+    double.write_text("".join(header + body[:2]))  # rows 1-2
+    (parts / f"part-00000{suffix}").write_text("".join(header + body[2:4]) + body[4][:25])  # rows 3-4, 5 cut
+    (parts / f"part-00001{suffix}").write_text("".join(header + body[7:9]))  # rows 8-9
+    completed = _launch_predict([*common, "--output", double])
+    assert "6 already in" in completed.stdout, completed.stdout + completed.stderr[-3000:]
+    assert double.read_text() == finished
+    assert not parts.exists()
+
+    # a run killed after the merge, before removing the parts: the parts' rows are in the output already
+    parts.mkdir()
+    (parts / f"part-00001{suffix}").write_text("".join(header + body[7:9]))
+    assert main([*map(str, common), "--output", str(double)]) == 0
+    assert double.read_text() == finished and not parts.exists()
