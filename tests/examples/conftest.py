@@ -66,6 +66,12 @@ def word_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def example_script():
+    """`example_script(name)`: `examples/<name>.py` as a module."""
+    return load_script
+
+
+@pytest.fixture(scope="session")
 def run_script():
     """Runs an example script's `main(argv)` in this process with the given command-line arguments."""
 
