@@ -115,3 +115,16 @@ def test_the_tower_argument_is_checked(example_script):
     script = example_script("run_tower_pretrain")
     with pytest.raises(ValueError, match="--tower must be audio or text"):
         script.TowerArguments(tower="video")
+
+
+def test_the_frame_position_probe_scores_every_layer(towers, synthetic_cache, example_script, tmp_path):
+    root, _, _ = towers
+    script = example_script("probe_frame_position")
+    argv = ["--audio_model_name_or_path", root / "hubert", "--synthetic_size", "80", "--num_fit", "10",
+            "--num_score", "6", "--cache_dir", synthetic_cache, "--output", tmp_path / "probe.json"]  # fmt: skip
+    results = script.main([str(argument) for argument in argv])
+    layers = HubertModel.from_pretrained(root / "hubert").config.num_hidden_layers
+    assert len(results["r2_by_layer"]) == layers + 1 and all(r2 <= 1.0 for r2 in results["r2_by_layer"])
+    assert json.loads((tmp_path / "probe.json").read_text())["r2_by_layer"] == results["r2_by_layer"]
+    with pytest.raises(SystemExit, match="exists"):  # a result is never overwritten
+        script.main([str(argument) for argument in argv])
