@@ -104,12 +104,13 @@ def main(config_path: str, output: str, tokenizer_dir: str, activation_checkpoin
         plain.save_pretrained(Path(output) / "model")
         processor.save_pretrained(Path(output) / "model")
         torch.save(fixed, Path(output) / "fixed_batch.pt")
-    # With activation checkpointing accelerate shards both a layer and its CheckpointWrapper: one layer, counted once.
-    units = {
-        id(unit): type(unit).__name__.removeprefix("FSDP")
-        for unit in (getattr(module, "_checkpoint_wrapped_module", module) for module in model.modules())
-        if isinstance(unit, FSDPModule)
-    }
+    # With activation checkpointing accelerate 1.15 shards a layer and its CheckpointWrapper, 1.16 the wrapper alone:
+    # either way one unit per layer, named by the layer inside.
+    units = {}
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            layer = getattr(module, "_checkpoint_wrapped_module", module)
+            units[id(layer)] = type(layer).__name__.removeprefix("FSDP")
     result = {
         "losses": losses,
         "checksum": checksum,
