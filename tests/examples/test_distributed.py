@@ -297,7 +297,7 @@ def test_fsdp2_shards_and_trains_cmt_on_two_cpu_processes(
     ranks, both gather the same parameters, and the gathered model reloads with `from_pretrained` to the sharded
     model's logits."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "tests/examples/fsdp_cpu_worker.py",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tests/examples/fsdp_cpu_worker.py",
         str(CONFIGS / config_name), str(tmp_path), str(tokenizer_dir),
         *(["--activation_checkpointing"] if activation_checkpointing else []),
     ]  # fmt: skip
