@@ -49,6 +49,8 @@ def main(argv=None) -> dict:
         model = HubertModel(HubertConfig(**CMTConfig.from_preset(args.preset).audio_config.to_dict()))
     model.eval()
     corpus = hub_datasets.load_synthetic_emotion(num_utterances=args.synthetic_size, cache_dir=args.cache_dir)
+    if f"session{args.session}" not in corpus:
+        raise SystemExit(f"probe_frame_position: error: --session {args.session}: the corpus has {sorted(corpus)}.")
     rows = corpus[f"session{args.session}"]
     count = args.num_fit + args.num_score
     if len(rows) < count:

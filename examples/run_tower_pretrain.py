@@ -135,7 +135,12 @@ def audio_targets(waveforms, config: HubertConfig, args: TowerArguments, seed: i
     """Per utterance, the frame targets of each set, and what was fitted (k-means, bin edges, cluster usage)."""
     features = FrameFeatures(config)
     computed = [features(waveform) for waveform in waveforms]
-    mfcc = np.concatenate([item[0] for item in computed])
+    mfcc = np.concatenate([item[0] for item in computed]) if computed else np.zeros((0, 39))
+    if len(mfcc) < args.num_units:
+        raise ValueError(
+            f"The corpus has {len(waveforms)} utterances and {len(mfcc)} audio frames, fewer than --num_units "
+            f"{args.num_units} k-means units: give more audio or fewer units."
+        )
     mean, std = mfcc.mean(0), mfcc.std(0) + 1e-5
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(mfcc), size=min(len(mfcc), args.max_kmeans_frames), replace=False)
@@ -233,8 +238,9 @@ def pretrain_audio(tower_args, data_args, training_args, corpus) -> dict:
         data_collator=FrameTargetCollator(extractor, names),
     )
     trained = trainer.train()
-    model.hubert.save_pretrained(training_args.output_dir)
-    extractor.save_pretrained(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        model.hubert.save_pretrained(training_args.output_dir)
+        extractor.save_pretrained(training_args.output_dir)
     return {"targets": fitted, "target_sets": names, "train": trained.metrics}, trainer.state.log_history
 
 
@@ -262,8 +268,9 @@ def pretrain_text(tower_args, data_args, training_args, corpus) -> dict:
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=tower_args.mlm_probability),
     )
     trained = trainer.train()
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    if trainer.is_world_process_zero():
+        model.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
     return {"vocab_size": len(tokenizer), "train": trained.metrics}, trainer.state.log_history
 
 

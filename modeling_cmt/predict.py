@@ -474,6 +474,12 @@ def merge_parts(output: Path, columns: list[str], rows: list[Row]) -> list[dict]
         merged = sorted(present + added, key=lambda record: int(record["row"]))
         descriptor, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=output.suffix)
         os.close(descriptor)
+        if output.exists():  # mkstemp makes the file private (0600): keep the output's own permissions
+            os.chmod(temporary, output.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
         try:
             writer = PredictionWriter(Path(temporary), columns)  # empty: gets the header
             writer.write(merged)
@@ -583,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                 output.unlink()
             for part in existing_parts(output):
                 part.unlink()
+            if parts_folder(output).is_dir() and not any(parts_folder(output).iterdir()):
+                parts_folder(output).rmdir()
         resume(output, columns)
         merge_parts(output, columns, rows)
     if state is not None:

@@ -128,3 +128,14 @@ def test_the_frame_position_probe_scores_every_layer(towers, synthetic_cache, ex
     assert json.loads((tmp_path / "probe.json").read_text())["r2_by_layer"] == results["r2_by_layer"]
     with pytest.raises(SystemExit, match="exists"):  # a result is never overwritten
         script.main([str(argument) for argument in argv])
+
+
+def test_more_units_than_frames_and_a_missing_session_are_named(synthetic_cache, example_script, tmp_path):
+    script = example_script("run_tower_pretrain")
+    argv = ["--tower", "audio", *COMMON, "--cache_dir", str(synthetic_cache), "--num_units", "1000000"]
+    with pytest.raises(ValueError, match="fewer than --num_units 1000000"):
+        script.main([*argv, "--output_dir", str(tmp_path / "hubert")])
+    probe = example_script("probe_frame_position")
+    with pytest.raises(SystemExit, match="--session 9: the corpus has"):
+        probe.main(["--preset", "tiny", "--synthetic_size", "80", "--session", "9", "--cache_dir", str(synthetic_cache),
+                    "--output", str(tmp_path / "probe.json")])  # fmt: skip

@@ -489,5 +489,7 @@ def test_two_processes_write_parts_merged_in_input_order_and_resume(checkpoint, 
     # a run killed after the merge, before removing the parts: the parts' rows are in the output already
     parts.mkdir()
     (parts / f"part-00001{suffix}").write_text("".join(header + body[7:9]))
+    double.chmod(0o640)
     assert main([*map(str, common), "--output", str(double)]) == 0
     assert double.read_text() == finished and not parts.exists()
+    assert double.stat().st_mode & 0o777 == 0o640  # the merged output keeps the file's permissions
