@@ -1,21 +1,27 @@
 """The whole paper, end to end, on the embedded synthetic corpus: `make demo`.
 
-1. builds (or reuses) the synthetic emotional-speech corpus and a separate unlabelled pretraining corpus;
-2. fits the unit codebook and pretrains CMT (stage 1, then stage 2) with `run_pretrain.py`, then runs TAPT on each
-   fold's training split;
-3. fine-tunes with `run_finetune.py` on speaker-independent folds: CMT (PT + TAPT), CMT without pretraining,
-   HuBERT-only, RoBERTa-only, Shallow-Fusion (the paper's Table 1 rows), plus CMT with the layer pooler and with the
-   orthogonality loss (Table 4 rows);
-4. writes `demo_output/`: results.md (the paper's table layout with our mean ± std, the corpus's by-construction
-   ceilings, the paper's numbers apart and labelled), results.json, PNG plots, and the best CMT in Hub layout;
-5. reloads that folder in a fresh process with `pipeline("audio-text-classification", trust_remote_code=True)` and
+1. builds (or reuses) the synthetic emotional-speech corpus and a separate unlabelled corpus (another seed);
+2. pretrains the two single-modal towers on the unlabelled corpus with `run_tower_pretrain.py` (HuBERT-style masked
+   frame prediction, RoBERTa-style MLM), saved as plain `HubertModel` / `RobertaForMaskedLM` checkpoints: the
+   synthetic corpus's `facebook/hubert-base-ls960` and `FacebookAI/roberta-base`;
+3. starts CMT from those towers (`from_audio_text_pretrained`), fits the unit codebook and runs CMT's cross-modal
+   pretraining (stage 1, then stage 2) with `run_pretrain.py`, then TAPT on each fold's training split;
+4. fine-tunes with `run_finetune.py` on speaker-independent folds, every row from the same towers and with the same
+   budget: CMT (PT + TAPT), CMT without cross-modal pretraining, HuBERT-only, RoBERTa-only, Shallow-Fusion (the
+   paper's Table 1 rows) and, in the full mode, CMT with the layer pooler and with the orthogonality loss (Table 4);
+5. writes `demo_output/`: results.md (the paper's table layout with our mean ± std, the corpus's by-construction
+   ceilings and each row's captured fraction of its own ceiling, the paper's numbers apart and labelled),
+   results.json, PNG plots, and the best CMT in Hub layout;
+6. reloads that folder in a fresh process with `pipeline("audio-text-classification", trust_remote_code=True)` and
    prints predictions for held-out utterances next to their true labels.
 
-The towers are small and randomly initialised (the `demo` preset): these are synthetic-corpus results that show the
-code paths and the relative behaviour of the models, not the paper's numbers, which need the real corpora, pretrained
-towers and GPUs (README, "Reproduce the paper"). Finished steps are cached in the output folder; `--fresh` redoes all.
+The towers are small (the `demo` preset's sizes, 0.5 M parameters in all): these are synthetic-corpus results that
+show the code paths and how the models behave against what the corpus allows, not the paper's numbers, which need
+the real corpora, the Hub towers and GPUs (README, "Reproduce the paper"). `examples/study.py` (`make study`) runs
+the same protocol on all five folds with two seeds, a learning-rate search and the paper's figures. Finished steps
+are cached in the output folder (a killed run continues where it stopped); `--fresh` redoes all.
 
-    python examples/demo.py                   # ~30 minutes on 2 CPU cores (README, "The demo")
+    python examples/demo.py                   # about 10 minutes on 2 CPU cores (README, "The demo")
     python examples/demo.py --smoke           # seconds: tiny everything, same code path
 """
 
@@ -31,10 +37,12 @@ import contextlib
 import importlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -49,26 +57,47 @@ from cmt_training.model_card import write_model_card
 from cmt_training.results import aggregate, write_json
 
 
-# What runs, by mode. Fine-tuning rows: (name, paper row it stands for, starting point, extra arguments).
+# What runs, by mode. `rows` names entries of ROWS; `learning_rates` is the search every row gets (selected per fold
+# on that fold's validation split, never on its test split); `seeds` are fine-tuning seeds.
 SETTINGS = {
     "full": {
         "num_utterances": 1000,
         "pretrain_utterances": 1000,
-        "folds": "1,3,5",
+        "folds": "1",
+        "seeds": [0],
+        "learning_rates": [2e-3],
+        "rows": ["CMT (PT + TAPT)", "CMT w/o PT", "HuBERT-only", "RoBERTa-only", "Shallow-Fusion"],
         "preset": "demo",
-        "pretrain_epochs": 3,
+        "num_cross_layers": 2,
+        "audio_tower_epochs": 4,
+        "text_tower_epochs": 10,
+        "pretrain_epochs": 2,
         "tapt_epochs": 2,
         "finetune_epochs": 10,
         "finetune_batch_size": 32,
         "batch_size": 16,
         "learning_rate": 2e-3,
-        "max_audio_seconds": 4,
+        "max_audio_seconds": 6,
     },
     "smoke": {
         "num_utterances": 40,
         "pretrain_utterances": 20,
         "folds": "1",
+        "seeds": [0],
+        "learning_rates": [2e-3],
+        "rows": [
+            "CMT (PT + TAPT)",
+            "CMT w/o PT",
+            "HuBERT-only",
+            "RoBERTa-only",
+            "Shallow-Fusion",
+            "CMT + layer pooler",
+            "CMT + ortho",
+        ],  # fmt: skip
         "preset": "tiny",
+        "num_cross_layers": 2,
+        "audio_tower_epochs": 1,
+        "text_tower_epochs": 1,
         "pretrain_epochs": 1,
         "tapt_epochs": 1,
         "finetune_epochs": 1,
@@ -78,19 +107,39 @@ SETTINGS = {
         "max_audio_seconds": 3,
     },
 }
+
+
+@dataclass(frozen=True)
+class Row:
+    """A fine-tuning row: its name, the paper row it stands for, where it starts ("tapt": CMT after cross-modal
+    pretraining and the fold's TAPT; "towers": the two single-modal towers, no cross-modal pretraining), the extra
+    `run_finetune.py` arguments, and the view of the corpus its inputs carry (`synthetic_emotion_ceilings`)."""
+
+    name: str
+    paper_row: str
+    start: str
+    extra: tuple[str, ...] = ()
+    view: str = "text+prosody+alignment"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.name.lower().replace("+", "plus")).strip("_")
+
+
 ROWS = [
-    ("CMT (PT + TAPT)", "CMT", "tapt", []),
-    ("CMT w/o PT", "CMT-4 w/o PT", "scratch", []),
-    ("HuBERT-only", "HuBERT", "pretrained", ["--modality", "audio", "--num_cross_layers", "0"]),
-    ("RoBERTa-only", "RoBERTa", "pretrained", ["--modality", "text", "--num_cross_layers", "0"]),
-    ("Shallow-Fusion", "Shallow-Fusion", "pretrained", ["--num_cross_layers", "0"]),
-    ("CMT + layer pooler", "CMT-4 PT + Layer pooler", "tapt", ["--pooling", "layer_pooler"]),
-    ("CMT + ortho", "CMT-4 PT + Ortho", "tapt", ["--ortho_weight", "0.1"]),
+    Row("CMT (PT + TAPT)", "CMT", "tapt"),
+    Row("CMT w/o PT", "CMT-4 w/o PT", "towers"),
+    Row("HuBERT-only", "HuBERT", "towers", ("--modality", "audio", "--num_cross_layers", "0"), "prosody"),
+    Row("RoBERTa-only", "RoBERTa", "towers", ("--modality", "text", "--num_cross_layers", "0"), "text"),
+    Row("Shallow-Fusion", "Shallow-Fusion", "towers", ("--num_cross_layers", "0"), "text+prosody"),
+    Row("CMT + layer pooler", "CMT-4 PT + Layer pooler", "tapt", ("--pooling", "layer_pooler")),
+    Row("CMT + ortho", "CMT-4 PT + Ortho", "tapt", ("--ortho_weight", "0.1")),
 ]
+ROWS_BY_NAME = {row.name: row for row in ROWS}
 CMT_ROWS = ("CMT (PT + TAPT)", "CMT + layer pooler", "CMT + ortho")
 # What each row's inputs carry, as a view of `hub_datasets.synthetic_emotion_ceilings`: the single-modal rows see one
 # modality, Shallow-Fusion both at utterance level, every CMT row (with or without pretraining) both word by word.
-ROW_VIEWS = {"HuBERT-only": "prosody", "RoBERTa-only": "text", "Shallow-Fusion": "text+prosody"}
+ROW_VIEWS = {row.name: row.view for row in ROWS if row.view != "text+prosody+alignment"}
 CMT_VIEW = "text+prosody+alignment"
 CHANCE = 0.25  # 4 classes, balanced by construction
 
@@ -147,26 +196,27 @@ class Demo:
         self.output_dir, self.settings, self.fresh = output_dir, settings, fresh
         self.logs = output_dir / "logs"
         self.cache = output_dir / "cache"
+        self.runs = output_dir / "runs"
         self.timings: dict[str, float] = {}
         for folder in (self.logs, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
 
-    def task(self) -> list[str]:
-        return ["--task", "synthetic_emotion", "--synthetic_size", str(self.settings["num_utterances"]),
+    def task(self, task: str = "synthetic_emotion") -> list[str]:
+        return ["--task", task, "--synthetic_size", str(self.settings["num_utterances"]),
                 "--cache_dir", str(self.cache)]  # fmt: skip
 
-    def training(self) -> list[str]:
+    def training(self, seed: int = 0, learning_rate: float | None = None) -> list[str]:
         s = self.settings
         return [
             "--per_device_train_batch_size", str(s["batch_size"]), "--per_device_eval_batch_size", "32",
-            "--learning_rate", str(s["learning_rate"]), "--max_audio_seconds", str(s["max_audio_seconds"]),
-            "--warmup_steps", "10", "--seed", "0", "--log_level", "warning", "--dataloader_pin_memory", "false",
+            "--learning_rate", str(learning_rate or s["learning_rate"]), "--max_audio_seconds", str(s["max_audio_seconds"]),
+            "--warmup_steps", "10", "--seed", str(seed), "--log_level", "warning", "--dataloader_pin_memory", "false",
             "--logging_steps", "20", "--disable_tqdm", "true",
         ]  # fmt: skip
 
-    def step(self, name: str, module: str, arguments: list[str], output: Path) -> Path:
-        """Runs an example script's main() in this process unless its results are already there."""
-        if (output / "results.json").is_file() and not self.fresh:
+    def step(self, name: str, module: str, arguments: list, output: Path, done: str = "results.json") -> Path:
+        """Runs an example script's main() in this process unless its results (`done`) are already there."""
+        if (output / done).is_file() and not self.fresh:
             return output
         if output.exists():
             shutil.rmtree(output)  # an unfinished earlier attempt of this demo step, never user data
@@ -206,96 +256,135 @@ class Demo:
         self.timings["corpora"] = round(time.time() - started, 1)
         return corpus, pairs_dir
 
-    # --- 2. pretraining ----------------------------------------------------------------------------------------
+    def prepare(self, folds: list[int], progress) -> tuple:
+        """Steps 1-3, one progress update each: the corpus, the cross-modal pretrained CMT and the starting points
+        of the fine-tuning rows (`{"towers": arguments, "tapt": {fold: checkpoint}}`)."""
+        progress.set_postfix_str("corpora")
+        corpus, pairs_dir = self.corpora()
+        progress.update()
+        progress.set_postfix_str("single-modal towers")
+        towers = self.towers(pairs_dir)
+        progress.update()
+        progress.set_postfix_str("cross-modal pretraining + TAPT")
+        pretrained = self.pretrain(pairs_dir, towers)
+        tapt = self.tapt(pretrained, folds)
+        progress.update()
+        return corpus, pretrained, {"towers": towers, "tapt": tapt}
 
-    def pretrain(self, pairs_dir: Path, folds: list[int]) -> tuple[Path, dict[int, Path]]:
+    # --- 2. single-modal towers --------------------------------------------------------------------------------
+
+    def towers(self, pairs_dir: Path) -> list[str]:
+        """The audio and text towers pretrained on the unlabelled pairs; returns the arguments that start a CMT
+        from them (`--audio_model_name_or_path ... --text_model_name_or_path ...`)."""
         s = self.settings
         pairs = ["--task", "audio_text_pairs", "--data_dir", str(pairs_dir), "--cache_dir", str(self.cache)]
-        runs = self.output_dir / "runs"
-        codebook = runs / "codebook"
+        common = ["--preset", s["preset"], *pairs, "--save_strategy", "no", "--warmup_steps", "30",
+                  "--learning_rate", "2e-3", "--seed", "0", "--disable_tqdm", "true", "--log_level", "warning",
+                  "--logging_steps", "20", "--dataloader_pin_memory", "false"]  # fmt: skip
+        audio = self.step(
+            "tower_audio", "run_tower_pretrain",
+            ["--tower", "audio", *common, "--max_audio_seconds", s["max_audio_seconds"],
+             "--num_train_epochs", s["audio_tower_epochs"], "--per_device_train_batch_size", 16],
+            self.runs / "towers" / "hubert", done="tower_results.json",
+        )  # fmt: skip
+        text = self.step(
+            "tower_text", "run_tower_pretrain",
+            ["--tower", "text", *common, "--num_train_epochs", s["text_tower_epochs"],
+             "--per_device_train_batch_size", 32],
+            self.runs / "towers" / "roberta", done="tower_results.json",
+        )  # fmt: skip
+        return ["--audio_model_name_or_path", str(audio), "--text_model_name_or_path", str(text)]
+
+    # --- 3. cross-modal pretraining ----------------------------------------------------------------------------
+
+    def pretrain(self, pairs_dir: Path, towers: list[str]) -> Path:
+        s = self.settings
+        pairs = ["--task", "audio_text_pairs", "--data_dir", str(pairs_dir), "--cache_dir", str(self.cache)]
+        codebook = self.runs / "codebook"
         if not (codebook / "model.safetensors").is_file() or self.fresh:
             if codebook.exists():
                 shutil.rmtree(codebook)
             started = time.time()
             script = importlib.import_module("fit_codebook")
             # The codebook checkpoint starts pretraining, so it carries the heads of the losses pretraining uses.
-            argv = ["--preset", s["preset"], *pairs, "--codebook_size", "32",
+            argv = [*towers, "--num_cross_layers", str(s["num_cross_layers"]), *pairs, "--codebook_size", "32",
                     "--config_overrides", f"matching_loss_weight={MATCHING_LOSS_WEIGHT}", "--disable_tqdm", "true",
                     "--max_audio_seconds", str(s["max_audio_seconds"]), "--output_dir", str(codebook)]  # fmt: skip
             with (self.logs / "codebook.log").open("w") as handle, contextlib.redirect_stdout(handle):
                 script.main(argv)
             self.timings["codebook"] = round(time.time() - started, 1)
-        pretrained = self.step(
+        return self.step(
             "pretrain", "run_pretrain",
             ["--model_name_or_path", codebook, *pairs, *self.training(), "--stage", "both", "--matching_loss_weight", MATCHING_LOSS_WEIGHT,
              "--num_train_epochs", s["pretrain_epochs"]],
-            runs / "pretrain",
+            self.runs / "pretrain",
         )  # fmt: skip
-        tapt = {
+
+    def tapt(self, pretrained: Path, folds: list[int], task: str = "synthetic_emotion") -> dict[int, Path]:
+        """Task-adaptive pretraining (stage 2 on the fold's training split, labels unused) for each fold."""
+        prefix = "tapt" if task == "synthetic_emotion" else f"tapt_{task}"
+        arguments = ["--model_name_or_path", pretrained, *self.task(task), *self.training(), "--stage", "2",
+                     "--num_train_epochs", self.settings["tapt_epochs"]]  # fmt: skip
+        return {
             fold: self.step(
-                f"tapt_fold{fold}",
+                f"{prefix}_{fold_tag(fold)}",
                 "run_pretrain",
-                [
-                    "--model_name_or_path",
-                    pretrained,
-                    *self.task(),
-                    *self.training(),
-                    "--test_fold",
-                    fold,
-                    "--stage",
-                    "2",
-                    "--num_train_epochs",
-                    s["tapt_epochs"],
-                ],
-                runs / f"tapt_fold{fold}",
-            )  # fmt: skip
+                [*arguments, *fold_arguments(fold)],
+                self.runs / f"{prefix}_{fold_tag(fold)}",
+            )
             for fold in folds
         }
-        return pretrained, tapt
 
-    # --- 3. fine-tuning ----------------------------------------------------------------------------------------
+    # --- 4. fine-tuning ----------------------------------------------------------------------------------------
 
-    def finetune(self, pretrained: Path, tapt: dict[int, Path], folds: list[int]) -> dict[str, dict]:
+    def finetune_one(self, row: Row, fold: int, seed: int, learning_rate: float, sources: dict, extra=(),
+                     task: str = "synthetic_emotion", slug: str | None = None) -> Path:  # fmt: skip
+        """One fine-tuning run (cached); returns the folder with its results.json."""
         s = self.settings
-        results = {}
-        runs = self.output_dir / "runs"
-        jobs = [(row, fold) for row in ROWS for fold in folds]
-        for (name, _, start, extra), fold in tqdm(jobs, desc="fine-tuning (rows x folds)", unit="run"):
-            source = {
-                "tapt": ["--model_name_or_path", tapt[fold]],
-                "pretrained": ["--model_name_or_path", pretrained],
-                "scratch": ["--preset", s["preset"], "--tokenizer_name_or_path", pretrained],
-            }[start]
-            slug = (
-                name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus").replace("/", "")
-            )
-            self.step(
-                f"finetune_{slug}_fold{fold}", "run_finetune",
-                [*source, *self.task(), *self.training(), "--test_fold", fold, *extra, "--num_train_epochs", s["finetune_epochs"],
-                 "--save_total_limit", "1", "--freeze_audio_tower", "true", "--cache_tower_outputs", "true",
-                 "--per_device_train_batch_size", s["finetune_batch_size"]],
-                runs / slug / f"fold{fold}",
-            )  # fmt: skip
-        for name, _, _, _ in ROWS:
-            slug = (
-                name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus").replace("/", "")
-            )
-            fold_results = [json.loads((runs / slug / f"fold{f}" / "results.json").read_text()) for f in folds]
-            folds_flat = [r["folds"][0] for r in fold_results]
-            results[name] = {
-                "protocol": fold_results[0]["protocol"],
-                "aggregate": aggregate([r["flat_metrics"] for r in folds_flat]),
-                "aggregate_by_item_type": {
-                    item_type: aggregate([r["by_item_type"][item_type] for r in folds_flat])
-                    for item_type in folds_flat[0]["by_item_type"]
-                },
-                "folds": folds_flat,
-                "path": str(runs / slug / f"fold{folds[0]}" / "results.json"),
-                "model_dirs": [str(runs / slug / f"fold{f}" / f"fold_{f}") for f in folds],
-            }
-        return results
+        source = {
+            "tapt": ["--model_name_or_path", sources["tapt"][fold]],
+            "towers": [*sources["towers"], "--num_cross_layers", str(s["num_cross_layers"])],
+        }[row.start]
+        slug = slug or row.slug
+        tag = fold_tag(fold) + (f"_seed{seed}" if seed else "") + f"_lr{learning_rate:g}"
+        return self.step(
+            f"finetune_{slug}_{tag}", "run_finetune",
+            [*source, *self.task(task), *self.training(seed, learning_rate), *fold_arguments(fold), *row.extra, *extra,
+             "--num_train_epochs", s["finetune_epochs"], "--save_total_limit", "1", "--freeze_audio_tower", "true",
+             "--cache_tower_outputs", "true", "--per_device_train_batch_size", s["finetune_batch_size"]],
+            self.runs / slug / tag,
+        )  # fmt: skip
 
-    # --- 4. report ---------------------------------------------------------------------------------------------
+    def finetune_row(self, row: Row, folds: list[int], sources: dict, progress=None, extra=(),
+                     task: str = "synthetic_emotion", slug: str | None = None, seeds=None) -> dict:  # fmt: skip
+        """A row on every fold and seed. With several learning rates, each fold's rate is the one with the best
+        validation score at the first seed; the other seeds reuse it. Returns the row's aggregated results."""
+        seeds = self.settings["seeds"] if seeds is None else seeds
+        learning_rates = self.settings["learning_rates"]
+        runs, chosen = [], {}
+        for fold in folds:
+            candidates = []
+            for learning_rate in learning_rates:
+                run = self.finetune_one(row, fold, seeds[0], learning_rate, sources, extra, task, slug)
+                candidates.append((_validation_score(run), learning_rate, run))
+                if progress is not None:
+                    progress.update()
+            best = max(candidates, key=lambda c: c[0]) if len(candidates) > 1 else candidates[0]
+            chosen[fold] = best[1]
+            runs.append(best[2])
+            for seed in seeds[1:]:
+                runs.append(self.finetune_one(row, fold, seed, best[1], sources, extra, task, slug))
+                if progress is not None:
+                    progress.update()
+        return collect_runs(runs, chosen)
+
+    def finetune(self, sources: dict, folds: list[int]) -> dict[str, dict]:
+        rows = [ROWS_BY_NAME[name] for name in self.settings["rows"]]
+        total = len(rows) * len(folds) * (len(self.settings["learning_rates"]) + len(self.settings["seeds"]) - 1)
+        with tqdm(total=total, desc="fine-tuning (rows x folds x runs)", unit="run") as progress:
+            return {row.name: self.finetune_row(row, folds, sources, progress) for row in rows}
+
+    # --- 5. report ---------------------------------------------------------------------------------------------
 
     def ceilings(self, corpus, folds: list[int]) -> dict:
         test_rows = concatenate_datasets([corpus[f"session{fold}"] for fold in folds])
@@ -308,69 +397,25 @@ class Demo:
         lines = [
             "# CMT demo: the paper's protocol on the embedded synthetic corpus",
             "",
-            f"**These are synthetic-corpus results with small, randomly initialised towers (the `{self.settings['preset']}` preset), "
-            f"{len(folds)} speaker-independent folds (test sessions {', '.join(map(str, folds))}).** They show the "
-            "code paths and how the models behave relative to each other and to the corpus's ceilings. They are "
-            "not the paper's numbers: those need IEMOCAP / CMU-MOSEI, pretrained HuBERT and RoBERTa and GPUs "
-            "(README, 'Reproduce the paper').",
+            headline(self.settings, folds),
             "",
-            "Protocol of this demo (our choices, to fit a CPU budget of about half an hour): pretraining on "
-            f"{self.settings['pretrain_utterances']} other synthetic utterances (seed 1, labels unused), TAPT on each "
-            "fold's training split, then fine-tuning with the audio tower frozen: `run_finetune.py "
-            "--freeze_audio_tower true --cache_tower_outputs true` runs the audio tower once and trains the text "
-            "tower, the cross-modal layers and the head (the paper fine-tunes everything). Every row is fine-tuned "
-            "the same way, so that no row depends on a part that cannot learn: the RoBERTa-only and Shallow-Fusion "
-            "heads read the text tower's `<s>` state, which only fine-tuning can train. HuBERT-only, RoBERTa-only and "
-            "Shallow-Fusion use the pretrained towers, as the paper's baselines use pretrained single-modal towers; "
-            "CMT w/o PT has the same architecture as CMT with random towers.",
+            protocol_paragraph(self.settings),
             "",
             ours.strip(),
             "",
-            "## What the corpus allows by construction (Bayes-optimal accuracy, test rows of these folds)",
+            *ceilings_lines(ceilings),
             "",
-            "| items | text only | prosody only (utterance level) | text + prosody (shallow) | + word alignment (deep) |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {item_type} | "
-                + " | ".join(
-                    f"{ceilings[item_type][view]['accuracy']:.3f}"
-                    for view in ("text", "prosody", "text+prosody", "text+prosody+alignment")
-                )
-                + " |"
-                for item_type in ("global", "aligned", "all")
-                if item_type in ceilings
-            ],  # fmt: skip
-            "",
-            "## Captured fraction: how much of what its inputs allow each row reached",
-            "",
-            f"(score − {CHANCE}) / (ceiling − {CHANCE}), each row against the ceiling of the view its inputs carry "
-            "(the table above, same test rows): RoBERTa-only text, HuBERT-only prosody, Shallow-Fusion text + prosody "
-            "at utterance level, every CMT row text + prosody + word alignment. 1 = the Bayes-optimal classifier of "
-            "that view, 0 = chance, – where the ceiling is chance. All items: UA; aligned / global items: accuracy.",
-            "",
-            "| run | inputs | UA | ceiling | captured | aligned acc. | ceiling | captured | global acc. | ceiling | "
-            "captured |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-            *[
-                f"| {name} | {row['view']} | "
-                + " | ".join(
-                    _captured_cell(row[item_type]) if item_type in row else "– | – | –"
-                    for item_type in ("all", "aligned", "global")
-                )
-                + " |"
-                for name, row in captured_table(results, ceilings).items()
-            ],  # fmt: skip
+            *captured_lines(results, ceilings),
             "",
             "## Reading the results",
             "",
             *observations(results),
             "",
-            "Caveats of this protocol, whatever the numbers above say: the audio tower stays frozen in fine-tuning "
-            "(HuBERT-only's head reads what pretraining put there), and its only self-supervision is CMT's "
-            "cross-modal pretraining from random weights, not the single-modal pretraining the paper's towers had. "
-            "The captured fractions say how far each row is from what its inputs allow; half an hour of CPU training "
-            "of 0.5 M-parameter random towers is far from the pretrained towers of the paper. Differences within one "
-            "standard deviation over three folds are not evidence either way.",
+            CAVEATS,
+            "",
+            "`make study` (`examples/study.py`) runs this protocol on all five folds with two seeds and a "
+            "learning-rate search, adds the Table 4 rows, the label-fraction (Figure 3) and hidden-state (Figure 2) "
+            "analogues and the sentiment config.",
             "",
             "## The paper's published numbers" + paper,
         ]
@@ -385,7 +430,7 @@ class Demo:
         return path
 
     def best_model(self, results: dict) -> tuple[str, Path]:
-        name = max(CMT_ROWS, key=lambda n: results[n]["aggregate"]["ua"]["mean"])
+        name = max((n for n in CMT_ROWS if n in results), key=lambda n: results[n]["aggregate"]["ua"]["mean"])
         run = results[name]
         best_fold = int(np.argmax([fold["flat_metrics"]["ua"] for fold in run["folds"]]))
         source = Path(run["model_dirs"][best_fold])
@@ -416,8 +461,10 @@ class Demo:
             "sampling_rate": row["audio"]["sampling_rate"],
         }
         figures = []
-        pooler_dir = Path(results["CMT + layer pooler"]["model_dirs"][0])
-        for name, folder in (("best_cmt", best), ("layer_pooler_cmt", pooler_dir)):
+        explained = [("best_cmt", best)]
+        if "CMT + layer pooler" in results:
+            explained.append(("layer_pooler_cmt", Path(results["CMT + layer pooler"]["model_dirs"][0])))
+        for name, folder in explained:
             model = AutoModelForSequenceClassification.from_pretrained(folder)
             processor = AutoProcessor.from_pretrained(folder)
             explanation = explain_script.explain(model, processor, audio, row["text"])
@@ -426,7 +473,7 @@ class Demo:
             figures.append(self.output_dir / f"explain_{name}.png")
         return figures
 
-    # --- 5. reload and predict ---------------------------------------------------------------------------------
+    # --- 6. reload and predict ---------------------------------------------------------------------------------
 
     def held_out_predictions(self, best: Path, corpus, folds: list[int], count: int = 6) -> list[dict]:
         import torch
@@ -460,6 +507,130 @@ class Demo:
         return [json.loads(line) for line in completed.stdout.strip().splitlines() if line.startswith("{")]
 
 
+def headline(settings: dict, folds: list[int]) -> str:
+    return (
+        f"**These are synthetic-corpus results with small towers (the `{settings['preset']}` preset's sizes) "
+        f"pretrained here on unlabelled synthetic speech, {len(folds)} speaker-independent folds (test sessions "
+        f"{', '.join(map(str, folds))}) x {len(settings['seeds'])} seed(s).** They show how the models behave "
+        "relative to each other and to the corpus's ceilings. They are not the paper's numbers: those need IEMOCAP / "
+        "CMU-MOSEI, the Hub's HuBERT and RoBERTa and GPUs (README, 'Reproduce the paper')."
+    )
+
+
+def protocol_paragraph(settings: dict) -> str:
+    s = settings
+    rates = ", ".join(f"{rate:g}" for rate in s["learning_rates"])
+    search = (
+        f"learning rate searched over {{{rates}}} for every row, chosen per fold by the best validation UA at the "
+        "first seed (the test split is never looked at)"
+        if len(s["learning_rates"]) > 1
+        else f"learning rate {rates} for every row (no search)"
+    )
+    return (
+        f"Protocol (our choices, to fit a CPU budget). Towers: the `{s['preset']}` preset's HuBERT and RoBERTa "
+        f"shapes pretrained on {s['pretrain_utterances']} unlabelled synthetic utterances (seed 1, labels never "
+        f"read) with `run_tower_pretrain.py`: the audio tower by masked frame prediction ({s['audio_tower_epochs']} "
+        f"epochs; MFCC k-means units, log-F0 and log-energy bins), the text tower by MLM ({s['text_tower_epochs']} "
+        "epochs). Every row starts from these two towers, as the paper's rows start from the Hub's. CMT (PT + TAPT) "
+        f"and its Table 4 variants add the 32-unit codebook, stage 1 + 2 on the same pairs "
+        f"({s['pretrain_epochs']} epochs) and TAPT on the fold's training split ({s['tapt_epochs']} epochs); CMT w/o "
+        f"PT is the same architecture ({s['num_cross_layers']} cross-modal layers) started from the towers. Every "
+        "row is fine-tuned the same way: the audio tower frozen and its outputs cached (`--freeze_audio_tower true "
+        "--cache_tower_outputs true`), the text tower, the cross-modal layers and the head training, "
+        f"{s['finetune_epochs']} epochs, batches of {s['finetune_batch_size']}, {search}, the best validation "
+        f"epoch tested; audio cut at {s['max_audio_seconds']:g} s. Seeds {', '.join(map(str, s['seeds']))}: mean ± "
+        "std below are over all fold x seed runs."
+    )
+
+
+CAVEATS = (
+    "Caveats of this protocol, whatever the numbers above say: the audio tower stays frozen in fine-tuning (README, "
+    "'The demo', shows on one fold that training it does not change the ordering). The 'prosody' ceiling counts the "
+    "prosody level alone; the audio also carries the words and their durations, so an audio-only row can exceed it "
+    "a little. Differences within one standard deviation over the runs are not evidence either way."
+)
+
+
+def ceilings_lines(ceilings: dict) -> list[str]:
+    return [
+        "## What the corpus allows by construction (Bayes-optimal accuracy, test rows of these folds)",
+        "",
+        "| items | text only | prosody only (utterance level) | text + prosody (shallow) | + word alignment (deep) |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {item_type} | "
+            + " | ".join(
+                f"{ceilings[item_type][view]['accuracy']:.3f}"
+                for view in ("text", "prosody", "text+prosody", "text+prosody+alignment")
+            )
+            + " |"
+            for item_type in ("global", "aligned", "all")
+            if item_type in ceilings
+        ],
+    ]
+
+
+def captured_lines(results: dict, ceilings: dict) -> list[str]:
+    return [
+        "## Captured fraction: how much of what its inputs allow each row reached",
+        "",
+        f"(score − {CHANCE}) / (ceiling − {CHANCE}), each row against the ceiling of the view its inputs carry "
+        "(the table above, same test rows): RoBERTa-only text, HuBERT-only prosody, Shallow-Fusion text + prosody "
+        "at utterance level, every CMT row text + prosody + word alignment. 1 = the Bayes-optimal classifier of "
+        "that view, 0 = chance, – where the ceiling is chance. All items: UA; aligned / global items: accuracy.",
+        "",
+        "| run | inputs | UA | ceiling | captured | aligned acc. | ceiling | captured | global acc. | ceiling | "
+        "captured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {row['view']} | "
+            + " | ".join(
+                _captured_cell(row[item_type]) if item_type in row else "– | – | –"
+                for item_type in ("all", "aligned", "global")
+            )
+            + " |"
+            for name, row in captured_table(results, ceilings).items()
+        ],
+    ]
+
+
+def fold_tag(fold: int | None) -> str:
+    """Folder name of a fold's runs; `None` is a task with fixed train / validation / test splits."""
+    return "fixed" if fold is None else f"fold{fold}"
+
+
+def fold_arguments(fold: int | None) -> list:
+    return [] if fold is None else ["--test_fold", fold]
+
+
+def _validation_score(run_dir: Path) -> float:
+    """The run's best validation score, signed so that higher is better."""
+    result = json.loads((run_dir / "results.json").read_text())
+    score = result["folds"][0]["validation"]["best_metric"]
+    return -score if "(min)" in result["protocol"]["checkpoint_selection"] else score
+
+
+def collect_runs(run_dirs: list[Path], learning_rates: dict | None = None) -> dict:
+    """Fine-tuning runs of one row (folds x seeds) aggregated: mean ± std of every test metric over the runs."""
+    results = [json.loads((run / "results.json").read_text()) for run in run_dirs]
+    flat = [result["folds"][0] for result in results]
+    return {
+        "protocol": results[0]["protocol"],
+        "aggregate": aggregate([fold["flat_metrics"] for fold in flat]),
+        "aggregate_by_item_type": {
+            item_type: aggregate([fold["by_item_type"][item_type] for fold in flat])
+            for item_type in flat[0]["by_item_type"]
+        },
+        "folds": flat,
+        "seeds": [result["protocol"]["seed"] for result in results],
+        "learning_rates": {str(fold): rate for fold, rate in (learning_rates or {}).items()},
+        "path": str(run_dirs[0] / "results.json"),
+        "model_dirs": [
+            str(run / f"fold_{fold['fold']}" if fold["fold"] is not None else run) for run, fold in zip(run_dirs, flat)
+        ],
+    }
+
+
 def observations(results: dict) -> list[str]:
     """Plain statements of how the rows compare (whatever the ordering is), with the spread over folds."""
 
@@ -475,19 +646,20 @@ def observations(results: dict) -> list[str]:
         margin = "beyond" if abs(a - b) > max(a_std, b_std) else "within"
         return (
             f"- {first} vs {second}{where}: {a:.3f} ± {a_std:.3f} vs {b:.3f} ± {b_std:.3f} "
-            f"(difference {a - b:+.3f}, {margin} one standard deviation over folds)."
+            f"(difference {a - b:+.3f}, {margin} one standard deviation over {len(results[first]['folds'])} runs)."
         )
 
-    return [
-        compare("CMT (PT + TAPT)", "HuBERT-only"),
-        compare("CMT (PT + TAPT)", "RoBERTa-only"),
-        compare("CMT (PT + TAPT)", "Shallow-Fusion"),
-        compare("CMT (PT + TAPT)", "Shallow-Fusion", "aligned"),
-        compare("CMT (PT + TAPT)", "Shallow-Fusion", "global"),
-        compare("CMT (PT + TAPT)", "CMT w/o PT"),
-        compare("CMT + layer pooler", "CMT (PT + TAPT)"),
-        compare("CMT + ortho", "CMT (PT + TAPT)"),
+    pairs = [
+        ("CMT (PT + TAPT)", "HuBERT-only", None),
+        ("CMT (PT + TAPT)", "RoBERTa-only", None),
+        ("CMT (PT + TAPT)", "Shallow-Fusion", None),
+        ("CMT (PT + TAPT)", "Shallow-Fusion", "aligned"),
+        ("CMT (PT + TAPT)", "Shallow-Fusion", "global"),
+        ("CMT (PT + TAPT)", "CMT w/o PT", None),
+        ("CMT + layer pooler", "CMT (PT + TAPT)", None),
+        ("CMT + ortho", "CMT (PT + TAPT)", None),
     ]
+    return [compare(a, b, t) for a, b, t in pairs if a in results and b in results]
 
 
 def _quiet_logging():
@@ -520,15 +692,10 @@ def main(argv: list[str] | None = None):
     demo = Demo(args.output_dir, settings, args.fresh)
     print(f"CMT demo ({'smoke' if args.smoke else 'full'}): output in {args.output_dir}/, logs in {demo.logs}/")
 
-    with tqdm(total=6, desc="demo", unit="step", position=0) as progress:
-        progress.set_postfix_str("corpora")
-        corpus, pairs_dir = demo.corpora()
-        progress.update()
-        progress.set_postfix_str("pretraining + TAPT")
-        pretrained, tapt = demo.pretrain(pairs_dir, folds)
-        progress.update()
+    with tqdm(total=7, desc="demo", unit="step", position=0) as progress:
+        corpus, _, sources = demo.prepare(folds, progress)
         progress.set_postfix_str("fine-tuning")
-        results = demo.finetune(pretrained, tapt, folds)
+        results = demo.finetune(sources, folds)
         progress.update()
         progress.set_postfix_str("report")
         ceilings = demo.ceilings(corpus, folds)

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoProcessor
+from transformers import AutoModelForSequenceClassification, AutoProcessor, HubertModel, RobertaModel
 
 import hub_datasets
 
@@ -71,7 +71,22 @@ def test_demo_smoke_writes_every_artefact(tmp_path):
         assert line and line.group(1).split(" | ")[2] == f"{captured['all']['captured']:.2f}", name
     assert len(results["predictions"]) == 6
     assert all({"true", "predicted", "score", "text"} <= set(p) for p in results["predictions"])
-    assert {"corpora", "pretrain", "total"} <= set(results["timings_s"])
+    assert {"corpora", "tower_audio", "tower_text", "pretrain", "total"} <= set(results["timings_s"])
+
+    # every row starts from the towers pretrained on the unlabelled pairs: the baselines and CMT w/o PT directly,
+    # the CMT rows through cross-modal pretraining and TAPT; the towers load as plain transformers checkpoints
+    towers = output / "runs" / "towers"
+    assert type(HubertModel.from_pretrained(towers / "hubert")) is HubertModel
+    assert type(RobertaModel.from_pretrained(towers / "roberta")) is RobertaModel
+    for name, row in results["rows"].items():
+        arguments = json.loads((Path(row["model_dirs"][0]) / "run_arguments.json").read_text())["ModelArguments"]
+        if name in ("CMT w/o PT", "HuBERT-only", "RoBERTa-only", "Shallow-Fusion"):
+            assert arguments["audio_model_name_or_path"] == str(towers / "hubert"), name
+            assert arguments["text_model_name_or_path"] == str(towers / "roberta"), name
+        else:
+            assert Path(arguments["model_name_or_path"]).name == "tapt_fold1", name
+    pretraining = json.loads((output / "runs" / "codebook" / "config.json").read_text())
+    assert pretraining["num_cross_layers"] == results["settings"]["num_cross_layers"]
 
     for name in ("bars_ua.png", "learning_curves.png", "explain_best_cmt.png", "explain_layer_pooler_cmt.png"):
         image = matplotlib.image.imread(output / name)
