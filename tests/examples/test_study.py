@@ -1,0 +1,154 @@
+"""`make study`'s command (`python examples/study.py`) in its smoke mode: artefacts parse, the captured fractions and
+targets follow from the ceilings function and the runs, the learning rate is chosen on validation, and a study with
+a lost run redoes only that run."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from datasets import concatenate_datasets
+
+import hub_datasets
+
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE_ROWS = ["CMT (PT + TAPT)", "CMT w/o PT", "HuBERT-only", "RoBERTa-only", "Shallow-Fusion"]
+
+
+def run_study(output: Path) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "examples/study.py", "--smoke", "--output_dir", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads((output / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    output = tmp_path_factory.mktemp("study") / "study_output"
+    return output, run_study(output)
+
+
+def test_study_smoke_rows_seeds_and_learning_rate_choice(study):
+    output, results = study
+    settings = results["settings"]
+    assert results["mode"] == "smoke" and settings["folds"] == "1,2" and settings["seeds"] == [0, 1]
+    assert set(results["rows"]) == {*TABLE_ROWS, "CMT + layer pooler", "CMT + ortho"}
+    for name in TABLE_ROWS:
+        row = results["rows"][name]
+        # 2 folds x 2 seeds, each fold once per seed
+        assert sorted((fold["fold"], seed) for fold, seed in zip(row["folds"], row["seeds"])) == [
+            (1, 0), (1, 1), (2, 0), (2, 1)
+        ]  # fmt: skip
+        assert row["aggregate"]["ua"]["n"] == 4
+        for fold, rate in row["learning_rates"].items():
+            # the chosen rate is the one with the best validation UA at seed 0, read back from both candidate runs
+            run_dirs = Path(row["path"]).parents[1]
+            validation = {
+                candidate: json.loads((run_dirs / f"fold{fold}_lr{candidate:g}" / "results.json").read_text())[
+                    "folds"
+                ][0]["validation"]["best_metric"]
+                for candidate in settings["learning_rates"]
+            }
+            assert rate == max(validation, key=validation.get), (name, fold, validation)
+            # the seed-1 run reuses that rate
+            seed1 = json.loads((run_dirs / f"fold{fold}_seed1_lr{rate:g}" / "results.json").read_text())
+            assert seed1["protocol"]["seed"] == 1
+    for name in ("CMT + layer pooler", "CMT + ortho"):
+        assert [fold["fold"] for fold in results["rows"][name]["folds"]] == [1]
+
+
+def test_study_smoke_captured_fractions_come_from_the_ceilings_function(study):
+    output, results = study
+    corpus = hub_datasets.load_synthetic_emotion(
+        num_utterances=results["settings"]["num_utterances"], cache_dir=str(output / "cache")
+    )
+    test_rows = concatenate_datasets([corpus["session1"], corpus["session2"]]).remove_columns("audio")
+    ceilings = hub_datasets.synthetic_emotion_ceilings(test_rows)
+    views = {"RoBERTa-only": "text", "HuBERT-only": "prosody", "Shallow-Fusion": "text+prosody"}
+    table = (output / "results.md").read_text()
+    for name, row in results["rows"].items():
+        view = views.get(name, "text+prosody+alignment")
+        captured = results["captured"][name]
+        score = row["aggregate"]["ua"]["mean"]
+        assert captured["all"]["ceiling"] == pytest.approx(ceilings["all"][view]["accuracy"])
+        assert captured["all"]["captured"] == pytest.approx(
+            (score - 0.25) / (ceilings["all"][view]["accuracy"] - 0.25)
+        )
+        line = re.search(rf"^\| {re.escape(name)} \| {re.escape(view)} \| (.*) \|$", table, re.M)
+        assert line and line.group(1).split(" | ")[2] == f"{captured['all']['captured']:.2f}", name
+
+    # sentiment: ceilings of the sentiment config's test split, chance without inputs
+    sentiment_corpus = hub_datasets.load_synthetic_emotion(
+        "sentiment", num_utterances=results["settings"]["num_utterances"], cache_dir=str(output / "cache")
+    )
+    rows = sentiment_corpus["test"].remove_columns("audio")
+    sentiment_ceilings = hub_datasets.synthetic_emotion_ceilings(rows)
+    scores = np.asarray(rows["sentiment"])
+    chance_mae = np.abs(scores - np.median(scores)).mean()
+    sentiment = results["sentiment"]
+    assert sentiment["chance"]["mae"] == pytest.approx(chance_mae)
+    for name, view in (("CMT (PT + TAPT)", "text+prosody+alignment"), ("Shallow-Fusion", "text+prosody")):
+        entry = sentiment["captured"][name]
+        measured = sentiment["rows"][name]["aggregate"]
+        ceiling = sentiment_ceilings["all"][view]
+        assert entry["mae"]["ceiling"] == pytest.approx(ceiling["mae"])
+        assert entry["mae"]["captured"] == pytest.approx(
+            (chance_mae - measured["mae"]["mean"]) / (chance_mae - ceiling["mae"])
+        )
+        chance = sentiment["chance"]["acc2"]
+        assert entry["acc2"]["captured"] == pytest.approx(
+            (measured["acc2_non0"]["mean"] - chance) / (ceiling["acc2"] - chance)
+        )
+
+
+def test_study_smoke_targets_figures_and_report(study):
+    output, results = study
+    rows = results["rows"]
+    aligned = {name: rows[name]["aggregate_by_item_type"]["aligned"]["wa"]["mean"] for name in rows}
+    checks = {check["target"]: check for check in results["targets"]}
+    margin = next(check for target, check in checks.items() if target.startswith("on aligned items"))
+    assert margin["met"] == (aligned["CMT (PT + TAPT)"] - aligned["Shallow-Fusion"] >= 0.25)
+    for name in ("CMT (PT + TAPT)", "HuBERT-only", "RoBERTa-only", "Shallow-Fusion"):
+        check = next(check for target, check in checks.items() if target.startswith(name))
+        assert check["met"] == (results["captured"][name]["all"]["captured"] >= 0.80)
+
+    fractions = results["figure3_label_fraction"]
+    assert set(fractions) == {"CMT (PT + TAPT)", "CMT w/o PT"}
+    assert set(fractions["CMT w/o PT"]) == {"0.5", "1"}
+    half = json.loads(Path(fractions["CMT w/o PT"]["0.5"]["path"]).read_text())
+    assert half["protocol"]["train_fraction"] == 0.5
+    assert (
+        half["folds"][0]["data"]["train"]["rows"]
+        < json.loads(Path(fractions["CMT w/o PT"]["1"]["path"]).read_text())["folds"][0]["data"]["train"]["rows"]
+    )
+    hidden = results["figure2_hidden_state"]
+    assert set(hidden) == {"0", str(results["settings"]["num_cross_layers"])}
+
+    table = (output / "results.md").read_text()
+    for heading in ("## Targets (issue 13)", "## Figure 3 analogue", "## Figure 2 analogue", "## Sentiment config",
+                    "## Captured fraction", "quoted, not measured here"):  # fmt: skip
+        assert heading in table, heading
+    for name in ("bars_ua.png", "figure3_label_fraction.png", "figure2_hidden_state.png"):
+        image = matplotlib.image.imread(output / name)
+        assert image.ndim == 3 and min(image.shape[:2]) > 100, name
+
+
+def test_study_resumes_only_the_lost_run(study, tmp_path):
+    output, results = study
+    copy = tmp_path / "study_output"
+    shutil.copytree(output, copy)
+    lost = copy / "runs" / "cmt_w_o_pt_fraction0.5" / "fold1_lr0.002"
+    assert (lost / "results.json").is_file()
+    (lost / "results.json").unlink()  # as if the study had been killed during this run
+    rerun = run_study(copy)
+    redone = [name for name in rerun["timings_s"] if name.startswith(("finetune", "tapt", "tower", "pretrain"))]
+    assert redone == ["finetune_cmt_w_o_pt_fraction0.5_fold1_lr0.002"]
+    assert rerun["rows"]["Shallow-Fusion"]["aggregate"] == results["rows"]["Shallow-Fusion"]["aggregate"]
