@@ -401,6 +401,7 @@ class Demo:
             "",
             protocol_paragraph(self.settings),
             "",
+            *learning_rate_lines(results, self.settings),
             ours.strip(),
             "",
             *ceilings_lines(ceilings),
@@ -510,11 +511,16 @@ class Demo:
 def headline(settings: dict, folds: list[int]) -> str:
     return (
         f"**These are synthetic-corpus results with small towers (the `{settings['preset']}` preset's sizes) "
-        f"pretrained here on unlabelled synthetic speech, {len(folds)} speaker-independent folds (test sessions "
-        f"{', '.join(map(str, folds))}) x {len(settings['seeds'])} seed(s).** They show how the models behave "
+        f"pretrained here on unlabelled synthetic speech, {_count(len(folds), 'speaker-independent fold')} (test "
+        f"session{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}) x {_count(len(settings['seeds']), 'seed')}.** "
+        "They show how the models behave "
         "relative to each other and to the corpus's ceilings. They are not the paper's numbers: those need IEMOCAP / "
         "CMU-MOSEI, the Hub's HuBERT and RoBERTa and GPUs (README, 'Reproduce the paper')."
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' if number != 1 else ''}"
 
 
 def protocol_paragraph(settings: dict) -> str:
@@ -529,9 +535,9 @@ def protocol_paragraph(settings: dict) -> str:
     return (
         f"Protocol (our choices, to fit a CPU budget). Towers: the `{s['preset']}` preset's HuBERT and RoBERTa "
         f"shapes pretrained on {s['pretrain_utterances']} unlabelled synthetic utterances (seed 1, labels never "
-        f"read) with `run_tower_pretrain.py`: the audio tower by masked frame prediction ({s['audio_tower_epochs']} "
-        f"epochs; MFCC k-means units, log-F0 and log-energy bins), the text tower by MLM ({s['text_tower_epochs']} "
-        "epochs). Every row starts from these two towers, as the paper's rows start from the Hub's. CMT (PT + TAPT) "
+        f"read) with `run_tower_pretrain.py`: the audio tower by masked frame prediction "
+        f"({_count(s['audio_tower_epochs'], 'epoch')}; MFCC k-means units, log-F0 and log-energy bins), the text "
+        f"tower by MLM ({_count(s['text_tower_epochs'], 'epoch')}). Every row starts from these two towers, as the paper's rows start from the Hub's. CMT (PT + TAPT) "
         f"and its Table 4 variants add the 32-unit codebook, stage 1 + 2 on the same pairs "
         f"({s['pretrain_epochs']} epochs) and TAPT on the fold's training split ({s['tapt_epochs']} epochs); CMT w/o "
         f"PT is the same architecture ({s['num_cross_layers']} cross-modal layers) started from the towers. Every "
@@ -549,6 +555,21 @@ CAVEATS = (
     "prosody level alone; the audio also carries the words and their durations, so an audio-only row can exceed it "
     "a little. Differences within one standard deviation over the runs are not evidence either way."
 )
+
+
+def learning_rate_lines(results: dict, settings: dict) -> list[str]:
+    """With a search, the rate each row got on each fold (chosen on that fold's validation split)."""
+    if len(settings["learning_rates"]) < 2:
+        return []
+    return [
+        "Learning rate chosen per fold on validation: "
+        + "; ".join(
+            f"{name} " + ", ".join(f"fold {fold}: {rate:g}" for fold, rate in row["learning_rates"].items())
+            for name, row in results.items()
+        )
+        + ".",
+        "",
+    ]
 
 
 def ceilings_lines(ceilings: dict) -> list[str]:
@@ -673,13 +694,32 @@ def _quiet_logging():
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+def learning_rates(text: str) -> list[float]:
+    """`--learning_rates 1e-3,2e-3`: positive numbers, each once."""
+    try:
+        rates = [float(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-3,2e-3, got {text!r}") from None
+    if not rates or any(rate <= 0 for rate in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"expected distinct positive learning rates, got {text!r}")
+    return rates
+
+
 def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="demo_output", type=Path)
     parser.add_argument("--smoke", action="store_true", help="Tiny everything: checks the code path in seconds.")
     parser.add_argument("--fresh", action="store_true", help="Redo every step instead of reusing cached results.")
+    parser.add_argument(
+        "--learning_rates",
+        type=learning_rates,
+        help="Comma-separated learning rates searched for every row, chosen per fold on validation (default: the "
+        "mode's; finished runs at any of them are reused).",
+    )
     args = parser.parse_args(argv)
     settings = SETTINGS["smoke" if args.smoke else "full"]
+    if args.learning_rates:
+        settings = {**settings, "learning_rates": args.learning_rates}
     folds = [int(fold) for fold in settings["folds"].split(",")]
     started = time.time()
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 import demo as demo_script  # examples/demo.py: this script's folder is first on sys.path when it runs
 import matplotlib.pyplot as plt  # the Agg backend is chosen by examples/report.py, which demo imports
 import numpy as np
-from demo import ROWS_BY_NAME, Demo, captured_fraction, captured_table
+from demo import ROWS_BY_NAME, Demo, captured_fraction, captured_table, learning_rates
 from tqdm.auto import tqdm
 
 import hub_datasets
@@ -232,9 +232,9 @@ def targets(outcome: dict, captured: dict) -> list[dict]:
             })  # fmt: skip
     ordered = [gaps[key] for key in sorted(gaps, key=float)]
     checks.append({
-        "target": "the gap shrinks as labels grow",
+        "target": "the gap (positive at the smallest share) shrinks as labels grow",
         "measured": ", ".join(f"{float(k):.0%}: {gaps[k]:+.3f}" for k in sorted(gaps, key=float)),
-        "met": all(a >= b for a, b in zip(ordered, ordered[1:])),
+        "met": ordered[0] > 0 and all(a >= b for a, b in zip(ordered, ordered[1:])),
     })  # fmt: skip
     return checks
 
@@ -302,7 +302,7 @@ def write_report(output_dir: Path, settings: dict, outcome: dict, captured: dict
     table = demo_script.report.markdown(outcome["table"])
     ours, paper = table.split("## The paper's published numbers", 1)
     on_figure_folds = (
-        f"test sessions {', '.join(map(str, figure_folds))}, seed 0, the same protocol and learning-rate choice "
+        f"test sessions {', '.join(map(str, figure_folds))}, seed 0, the same protocol and learning-rate search "
         "as the table"
     )
     fraction_keys = sorted(outcome["fractions"]["CMT (PT + TAPT)"], key=float)
@@ -317,6 +317,7 @@ def write_report(output_dir: Path, settings: dict, outcome: dict, captured: dict
         "",
         f"Wall time of this run: {timings['total']:.0f} s (steps cached by an earlier run are not counted again).",
         "",
+        *demo_script.learning_rate_lines(outcome["table"], settings),
         "## Targets (issue 13), decided from the numbers below",
         "",
         "| target | measured | met |",
@@ -407,8 +408,16 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--output_dir", default="study_output", type=Path)
     parser.add_argument("--smoke", action="store_true", help="Tiny everything: checks the code path in a minute.")
     parser.add_argument("--fresh", action="store_true", help="Redo every step instead of reusing cached results.")
+    parser.add_argument(
+        "--learning_rates",
+        type=learning_rates,
+        help="Comma-separated learning rates searched for every row, chosen per fold on validation (default: the "
+        "mode's; finished runs at any of them are reused).",
+    )
     args = parser.parse_args(argv)
     settings = SETTINGS["smoke" if args.smoke else "full"]
+    if args.learning_rates:
+        settings = {**settings, "learning_rates": args.learning_rates}
     started = time.time()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(

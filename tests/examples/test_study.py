@@ -152,3 +152,32 @@ def test_study_resumes_only_the_lost_run(study, tmp_path):
     redone = [name for name in rerun["timings_s"] if name.startswith(("finetune", "tapt", "tower", "pretrain"))]
     assert redone == ["finetune_cmt_w_o_pt_fraction0.5_fold1_lr0.002"]
     assert rerun["rows"]["Shallow-Fusion"]["aggregate"] == results["rows"]["Shallow-Fusion"]["aggregate"]
+
+
+def test_readme_probe_commands_run_on_a_study_folder(study, tmp_path):
+    """The README's probe commands ("The study") as typed, on the smoke study's folder (S) and its 40-utterance corpus
+    (`--synthetic_size 40` appended; the fine-tuning also for one epoch)."""
+    output, results = study
+    section = (REPO / "README.md").read_text().split("## The study (`make study`)\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("The commands of the probes", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [command.split()[1] for command in commands] == [
+        "examples/probe_aligned.py", "examples/probe_aligned.py", "examples/probe_aligned.py", "examples/run_finetune.py"
+    ]  # fmt: skip
+    size = ["--synthetic_size", str(results["settings"]["num_utterances"])]
+    for command in commands:
+        argv = [word.replace("S/", f"{output}/") for word in command.split()]
+        argv[1] = str(REPO / argv[1])
+        extra = size + (["--num_train_epochs", "1", "--max_audio_seconds", "3"] if "run_finetune" in argv[1] else [])
+        completed = subprocess.run(
+            [sys.executable, *argv[1:], *extra], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert completed.returncode == 0, command + "\n" + completed.stderr[-3000:]
+    stress = json.loads((tmp_path / "stress.json").read_text())
+    assert set(stress["accuracy_by_layer"]) == {"mean", "halves"}
+    for name in ("fit_cmt.json", "fit_shallow.json"):
+        assert set(json.loads((tmp_path / name).read_text())["train"]) == {"aligned", "global"}
+    grouped = json.loads((tmp_path / "shallow_grouped_rates" / "results.json").read_text())
+    arguments = json.loads((tmp_path / "shallow_grouped_rates" / "fold_1" / "run_arguments.json").read_text())
+    assert arguments["CMTTrainingArguments"]["tower_learning_rate"] == 2e-3
+    assert grouped["folds"][0]["fold"] == 1
