@@ -45,7 +45,9 @@ def test_stress_probe_and_fit_probe_run_and_write_json(synthetic_cache, tmp_path
     ])  # fmt: skip
     assert stress["items"] >= 10 and set(stress["accuracy_by_layer"]) == {"mean", "halves"}
     layers = tiny_config().audio_config.num_hidden_layers + 1
-    assert all(len(values) == layers and all(0 <= v <= 1 for v in values) for values in stress["accuracy_by_layer"].values())
+    assert all(
+        len(values) == layers and all(0 <= v <= 1 for v in values) for values in stress["accuracy_by_layer"].values()
+    )
     assert json.loads((tmp_path / "stress.json").read_text())["items"] == stress["items"]
 
     checkpoint = tmp_path / "cmt"
@@ -60,4 +62,6 @@ def test_stress_probe_and_fit_probe_run_and_write_json(synthetic_cache, tmp_path
     assert set(fit["train"]) == set(fit["test"]) == {"aligned", "global"}
     assert all(0 <= value <= 1 for split in ("train", "test") for value in fit[split].values())
     with pytest.raises(SystemExit, match="exists"):
-        probe.main(["--model_name_or_path", str(checkpoint), "--test_fold", "1", "--output", str(tmp_path / "fit.json")])
+        probe.main(
+            ["--model_name_or_path", str(checkpoint), "--test_fold", "1", "--output", str(tmp_path / "fit.json")]
+        )
