@@ -36,7 +36,9 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio_model_name_or_path", help="A HubertModel checkpoint: the stressed-slot probe.")
     source.add_argument("--model_name_or_path", help="A fine-tuned CMT classification checkpoint: the fit probe.")
-    parser.add_argument("--test_fold", type=int, help="With --model_name_or_path: the fold it was trained on.")
+    parser.add_argument(
+        "--test_fold", type=int, choices=range(1, 6), help="With --model_name_or_path: the fold it was trained on."
+    )
     parser.add_argument("--synthetic_size", type=int, default=1000, help="Size of the synthetic corpus read.")
     parser.add_argument("--sessions", default="2,3,4,5", help="Sessions whose aligned items the stress probe reads.")
     parser.add_argument("--max_audio_seconds", type=float, default=6.0)
@@ -45,6 +47,20 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.model_name_or_path and args.test_fold is None:
         parser.error("--model_name_or_path needs --test_fold (the fold the checkpoint was trained on).")
+    flag, folder, model_type = (
+        ("--audio_model_name_or_path", args.audio_model_name_or_path, "hubert")
+        if args.audio_model_name_or_path
+        else ("--model_name_or_path", args.model_name_or_path, "cmt")
+    )
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        parser.error(f"{flag} {folder}: no config.json there; give a saved checkpoint folder.")
+    found = json.loads(config.read_text()).get("model_type")
+    if found != model_type:
+        parser.error(f"{flag} {folder} is a {found!r} checkpoint; this probe needs a {model_type!r} one.")
+    sessions = args.sessions.split(",")
+    if not all(session.strip() in {"1", "2", "3", "4", "5"} for session in sessions):
+        parser.error(f"--sessions must be comma-separated sessions 1-5, got {args.sessions!r}.")
     return args
 
 

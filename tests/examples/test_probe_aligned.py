@@ -65,3 +65,23 @@ def test_stress_probe_and_fit_probe_run_and_write_json(synthetic_cache, tmp_path
         probe.main(
             ["--model_name_or_path", str(checkpoint), "--test_fold", "1", "--output", str(tmp_path / "fit.json")]
         )
+
+
+def test_wrong_inputs_are_named(tmp_path, tiny_config, capsys):
+    tower = tmp_path / "hubert"
+    HubertModel(HubertConfig(**tiny_config().audio_config.to_dict())).save_pretrained(tower)
+    output = ["--output", str(tmp_path / "out.json")]
+    cases = [
+        (["--audio_model_name_or_path", str(tmp_path / "missing")], "no config.json there"),
+        (
+            ["--model_name_or_path", str(tower), "--test_fold", "1"],
+            "is a 'hubert' checkpoint; this probe needs a 'cmt'",
+        ),
+        (["--audio_model_name_or_path", str(tower), "--sessions", "1,9"], "--sessions must be"),
+        (["--model_name_or_path", str(tower), "--test_fold", "7"], "invalid choice"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            probe.main([*argv, *output])
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "out.json").exists()
