@@ -8,7 +8,8 @@
    pretraining (stage 1, then stage 2) with `run_pretrain.py`, then TAPT on each fold's training split;
 4. fine-tunes with `run_finetune.py` on speaker-independent folds, every row from the same towers and with the same
    budget: CMT (PT + TAPT), CMT without cross-modal pretraining, HuBERT-only, RoBERTa-only, Shallow-Fusion (the
-   paper's Table 1 rows) and, in the full mode, CMT with the layer pooler and with the orthogonality loss (Table 4);
+   paper's Table 1 rows) and, in the smoke mode and the study, CMT with the layer pooler and with the
+   orthogonality loss (Table 4);
 5. writes `demo_output/`: results.md (the paper's table layout with our mean ± std, the corpus's by-construction
    ceilings and each row's captured fraction of its own ceiling, the paper's numbers apart and labelled),
    results.json, PNG plots, and the best CMT in Hub layout;
@@ -18,7 +19,7 @@
 The towers are small (the `demo` preset's sizes, 0.5 M parameters in all): these are synthetic-corpus results that
 show the code paths and how the models behave against what the corpus allows, not the paper's numbers, which need
 the real corpora, the Hub towers and GPUs (README, "Reproduce the paper"). `examples/study.py` (`make study`) runs
-the same protocol on all five folds with two seeds, a learning-rate search and the paper's figures. Finished steps
+the same protocol on all five folds with two seeds and the paper's figures; `--learning_rates` adds a search. Finished steps
 are cached in the output folder (a killed run continues where it stopped); `--fresh` redoes all.
 
     python examples/demo.py                   # about 10 minutes on 2 CPU cores (README, "The demo")
@@ -177,6 +178,8 @@ def captured_table(results: dict, ceilings: dict) -> dict[str, dict]:
 
 
 MATCHING_LOSS_WEIGHT = 0.5
+# Bumped when the steps change in a way the settings do not show (checked against an output folder's settings.json).
+PROTOCOL_VERSION = 2
 
 PREDICT = r"""
 import json, sys
@@ -198,8 +201,35 @@ class Demo:
         self.cache = output_dir / "cache"
         self.runs = output_dir / "runs"
         self.timings: dict[str, float] = {}
+        self.check_settings()
         for folder in (self.logs, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def check_settings(self):
+        """Cached steps are reused by folder name only, so a folder is reused only with the settings it was made
+        with (`settings.json`; the learning rates aside: their runs have their own folders). Anything else is
+        refused before a step runs, unless `--fresh` redoes every step."""
+        path = self.output_dir / "settings.json"
+        wanted = {"protocol": PROTOCOL_VERSION, **{k: v for k, v in self.settings.items() if k != "learning_rates"}}
+        wanted = json.loads(json.dumps(wanted))
+        if not self.fresh:
+            if path.is_file():
+                recorded = json.loads(path.read_text())
+                changed = sorted(key for key in {*wanted, *recorded} if wanted.get(key) != recorded.get(key))
+                if changed:
+                    raise SystemExit(
+                        f"{self.output_dir} holds runs made with other settings ({', '.join(changed)} differ); their "
+                        "cached steps would be mixed with this run's. Pass --fresh to redo every step there, or "
+                        "choose another --output_dir."
+                    )
+            elif (self.output_dir / "runs").is_dir():
+                raise SystemExit(
+                    f"{self.output_dir} holds runs of an earlier version of this script (no settings.json); their "
+                    "cached steps would be mixed with this run's. Pass --fresh to redo every step there, or choose "
+                    "another --output_dir."
+                )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2) + "\n")
 
     def task(self, task: str = "synthetic_emotion") -> list[str]:
         return ["--task", task, "--synthetic_size", str(self.settings["num_utterances"]),
@@ -414,8 +444,8 @@ class Demo:
             "",
             CAVEATS,
             "",
-            "`make study` (`examples/study.py`) runs this protocol on all five folds with two seeds and a "
-            "learning-rate search, adds the Table 4 rows, the label-fraction (Figure 3) and hidden-state (Figure 2) "
+            "`make study` (`examples/study.py`) runs this protocol on all five folds with two seeds (`--learning_rates` "
+            "adds a learning-rate search), adds the Table 4 rows, the label-fraction (Figure 3) and hidden-state (Figure 2) "
             "analogues and the sentiment config.",
             "",
             "## The paper's published numbers" + paper,
@@ -551,7 +581,8 @@ def protocol_paragraph(settings: dict) -> str:
 
 CAVEATS = (
     "Caveats of this protocol, whatever the numbers above say: the audio tower stays frozen in fine-tuning (README, "
-    "'The demo', shows on one fold that training it does not change the ordering). The 'prosody' ceiling counts the "
+    "'The study': an earlier probe found on one fold that training it does not change the ordering). The 'prosody' "
+    "ceiling counts the "
     "prosody level alone; the audio also carries the words and their durations, so an audio-only row can exceed it "
     "a little. Differences within one standard deviation over the runs are not evidence either way."
 )
@@ -705,10 +736,12 @@ def learning_rates(text: str) -> list[float]:
     return rates
 
 
-def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="demo_output", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="Tiny everything: checks the code path in seconds.")
+def parse_arguments(argv, description: str, default_output: str, modes: dict, smoke_help: str):
+    """The command line demo.py and study.py share: `--output_dir`, `--smoke`, `--fresh`, `--learning_rates`.
+    Returns the arguments and the mode's settings (with `--learning_rates` applied)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=default_output, type=Path)
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
     parser.add_argument("--fresh", action="store_true", help="Redo every step instead of reusing cached results.")
     parser.add_argument(
         "--learning_rates",
@@ -717,19 +750,25 @@ def main(argv: list[str] | None = None):
         "mode's; finished runs at any of them are reused).",
     )
     args = parser.parse_args(argv)
-    settings = SETTINGS["smoke" if args.smoke else "full"]
+    settings = modes["smoke" if args.smoke else "full"]
     if args.learning_rates:
         settings = {**settings, "learning_rates": args.learning_rates}
+    return args, settings
+
+
+def main(argv: list[str] | None = None):
+    args, settings = parse_arguments(
+        argv, __doc__, "demo_output", SETTINGS, "Tiny everything: checks the code path in seconds."
+    )
     folds = [int(fold) for fold in settings["folds"].split(",")]
     started = time.time()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    demo = Demo(args.output_dir, settings, args.fresh)  # refuses a folder made with other settings, first
     logging.basicConfig(  # before any step, so the scripts' own basicConfig calls leave the console alone
         level=logging.INFO,
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         handlers=[logging.FileHandler(args.output_dir / "demo.log", mode="w")],
     )
     _quiet_logging()
-    demo = Demo(args.output_dir, settings, args.fresh)
     print(f"CMT demo ({'smoke' if args.smoke else 'full'}): output in {args.output_dir}/, logs in {demo.logs}/")
 
     with tqdm(total=7, desc="demo", unit="step", position=0) as progress:

@@ -25,7 +25,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (README, "Threads")
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import demo as demo_script  # examples/demo.py: this script's folder is first on sys.path when it runs
 import matplotlib.pyplot as plt  # the Agg backend is chosen by examples/report.py, which demo imports
 import numpy as np
-from demo import ROWS_BY_NAME, Demo, captured_fraction, captured_table, learning_rates
+from demo import ROWS_BY_NAME, Demo, captured_fraction, captured_table
 from tqdm.auto import tqdm
 
 import hub_datasets
@@ -404,29 +403,17 @@ def max_ceiling_difference(first: dict, second: dict) -> float:
 
 
 def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="study_output", type=Path)
-    parser.add_argument("--smoke", action="store_true", help="Tiny everything: checks the code path in a minute.")
-    parser.add_argument("--fresh", action="store_true", help="Redo every step instead of reusing cached results.")
-    parser.add_argument(
-        "--learning_rates",
-        type=learning_rates,
-        help="Comma-separated learning rates searched for every row, chosen per fold on validation (default: the "
-        "mode's; finished runs at any of them are reused).",
+    args, settings = demo_script.parse_arguments(
+        argv, __doc__, "study_output", SETTINGS, "Tiny everything: checks the code path in a minute."
     )
-    args = parser.parse_args(argv)
-    settings = SETTINGS["smoke" if args.smoke else "full"]
-    if args.learning_rates:
-        settings = {**settings, "learning_rates": args.learning_rates}
     started = time.time()
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    study = Study(args.output_dir, settings, args.fresh)  # refuses a folder made with other settings, first
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         handlers=[logging.FileHandler(args.output_dir / "study.log", mode="a")],
     )
     demo_script._quiet_logging()
-    study = Study(args.output_dir, settings, args.fresh)
     print(f"CMT study ({'smoke' if args.smoke else 'full'}): output in {args.output_dir}/, logs in {study.logs}/")
     with tqdm(total=8, desc="study", unit="part", position=0) as progress:
         outcome = study.run_all(progress)

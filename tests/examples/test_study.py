@@ -181,3 +181,37 @@ def test_readme_probe_commands_run_on_a_study_folder(study, tmp_path):
     arguments = json.loads((tmp_path / "shallow_grouped_rates" / "fold_1" / "run_arguments.json").read_text())
     assert arguments["CMTTrainingArguments"]["tower_learning_rate"] == 2e-3
     assert grouped["folds"][0]["fold"] == 1
+
+
+def test_a_folder_made_with_other_settings_is_refused_and_kept(study, tmp_path):
+    output, _ = study
+    copy = tmp_path / "study_output"
+    shutil.copytree(output, copy)
+    recorded = json.loads((copy / "settings.json").read_text())
+    assert recorded["folds"] == "1,2" and "learning_rates" not in recorded  # the searched rates have their own runs
+    before = sorted(str(path.relative_to(copy)) for path in copy.rglob("results.json"))
+
+    def refused(expected: str):
+        completed = subprocess.run(
+            [sys.executable, "examples/study.py", "--smoke", "--output_dir", str(copy)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert completed.returncode != 0 and expected in completed.stderr, completed.stderr[-2000:]
+        assert "Traceback" not in completed.stderr and "--fresh" in completed.stderr
+        assert sorted(str(path.relative_to(copy)) for path in copy.rglob("results.json")) == before
+
+    (copy / "settings.json").write_text(json.dumps({**recorded, "finetune_epochs": 5}))
+    refused("finetune_epochs differ")
+    (copy / "settings.json").unlink()  # as a folder from before settings.json was written
+    refused("an earlier version of this script")
+
+
+@pytest.mark.parametrize(("value", "message"), [("1e-3,fast", "expected comma-separated numbers"),
+                                                ("2e-3,2e-3", "distinct positive"), ("0", "distinct positive")])  # fmt: skip
+def test_bad_learning_rates_are_named(tmp_path, value, message):
+    completed = subprocess.run(
+        [sys.executable, "examples/study.py", "--smoke", "--learning_rates", value, "--output_dir", str(tmp_path / "s")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 2 and message in completed.stderr and "--learning_rates" in completed.stderr
+    assert not (tmp_path / "s").exists()
