@@ -235,11 +235,13 @@ class Demo:
         return ["--task", task, "--synthetic_size", str(self.settings["num_utterances"]),
                 "--cache_dir", str(self.cache)]  # fmt: skip
 
-    def training(self, seed: int = 0, learning_rate: float | None = None) -> list[str]:
+    def training(self, seed: int = 0, candidate: float | str | None = None) -> list[str]:
         s = self.settings
+        head, rest = candidate_rates(candidate if candidate is not None else s["learning_rate"])
+        per_part = [] if rest is None else ["--tower_learning_rate", str(rest), "--cross_learning_rate", str(rest)]
         return [
             "--per_device_train_batch_size", str(s["batch_size"]), "--per_device_eval_batch_size", "32",
-            "--learning_rate", str(learning_rate or s["learning_rate"]), "--max_audio_seconds", str(s["max_audio_seconds"]),
+            "--learning_rate", str(head), *per_part, "--max_audio_seconds", str(s["max_audio_seconds"]),
             "--warmup_steps", "10", "--seed", str(seed), "--log_level", "warning", "--dataloader_pin_memory", "false",
             "--logging_steps", "20", "--disable_tqdm", "true",
         ]  # fmt: skip
@@ -367,7 +369,7 @@ class Demo:
 
     # --- 4. fine-tuning ----------------------------------------------------------------------------------------
 
-    def finetune_one(self, row: Row, fold: int, seed: int, learning_rate: float, sources: dict, extra=(),
+    def finetune_one(self, row: Row, fold: int, seed: int, candidate: float | str, sources: dict, extra=(),
                      task: str = "synthetic_emotion", slug: str | None = None) -> Path:  # fmt: skip
         """One fine-tuning run (cached); returns the folder with its results.json."""
         s = self.settings
@@ -376,10 +378,10 @@ class Demo:
             "towers": [*sources["towers"], "--num_cross_layers", str(s["num_cross_layers"])],
         }[row.start]
         slug = slug or row.slug
-        tag = fold_tag(fold) + (f"_seed{seed}" if seed else "") + f"_lr{learning_rate:g}"
+        tag = fold_tag(fold) + (f"_seed{seed}" if seed else "") + "_" + candidate_tag(candidate)
         return self.step(
             f"finetune_{slug}_{tag}", "run_finetune",
-            [*source, *self.task(task), *self.training(seed, learning_rate), *fold_arguments(fold), *row.extra, *extra,
+            [*source, *self.task(task), *self.training(seed, candidate), *fold_arguments(fold), *row.extra, *extra,
              "--num_train_epochs", s["finetune_epochs"], "--save_total_limit", "1", "--freeze_audio_tower", "true",
              "--cache_tower_outputs", "true", "--per_device_train_batch_size", s["finetune_batch_size"]],
             self.runs / slug / tag,
@@ -387,16 +389,15 @@ class Demo:
 
     def finetune_row(self, row: Row, folds: list[int], sources: dict, progress=None, extra=(),
                      task: str = "synthetic_emotion", slug: str | None = None, seeds=None) -> dict:  # fmt: skip
-        """A row on every fold and seed. With several learning rates, each fold's rate is the one with the best
+        """A row on every fold and seed. With several learning-rate candidates, each fold's is the one with the best
         validation score at the first seed; the other seeds reuse it. Returns the row's aggregated results."""
         seeds = self.settings["seeds"] if seeds is None else seeds
-        learning_rates = self.settings["learning_rates"]
         runs, chosen = [], {}
         for fold in folds:
             candidates = []
-            for learning_rate in learning_rates:
-                run = self.finetune_one(row, fold, seeds[0], learning_rate, sources, extra, task, slug)
-                candidates.append((_validation_score(run), learning_rate, run))
+            for candidate in self.settings["learning_rates"]:
+                run = self.finetune_one(row, fold, seeds[0], candidate, sources, extra, task, slug)
+                candidates.append((_validation_score(run), candidate_label(candidate), run))
                 if progress is not None:
                     progress.update()
             best = max(candidates, key=lambda c: c[0]) if len(candidates) > 1 else candidates[0]
@@ -555,12 +556,18 @@ def _count(number: int, noun: str) -> str:
 
 def protocol_paragraph(settings: dict) -> str:
     s = settings
-    rates = ", ".join(f"{rate:g}" for rate in s["learning_rates"])
+    rates = ", ".join(candidate_label(candidate) for candidate in s["learning_rates"])
+    per_part = (
+        " (a/b: the head, and the pooler or codebook where there is one, at a; the text tower and the cross-modal "
+        "layers at b)"
+        if any(candidate_rates(candidate)[1] is not None for candidate in s["learning_rates"])
+        else ""
+    )
     search = (
-        f"learning rate searched over {{{rates}}} for every row, chosen per fold by the best validation UA at the "
-        "first seed (the test split is never looked at)"
+        f"learning rate searched over {{{rates}}}{per_part} for every row, chosen per fold by the best validation "
+        "UA at the first seed (the test split is never looked at)"
         if len(s["learning_rates"]) > 1
-        else f"learning rate {rates} for every row (no search)"
+        else f"learning rate {rates}{per_part} for every row (no search)"
     )
     return (
         f"Protocol (our choices, to fit a CPU budget). Towers: the `{s['preset']}` preset's HuBERT and RoBERTa "
@@ -595,7 +602,7 @@ def learning_rate_lines(results: dict, settings: dict) -> list[str]:
     return [
         "Learning rate chosen per fold on validation: "
         + "; ".join(
-            f"{name} " + ", ".join(f"fold {fold}: {rate:g}" for fold, rate in row["learning_rates"].items())
+            f"{name} " + ", ".join(f"fold {fold}: {rate}" for fold, rate in row["learning_rates"].items())
             for name, row in results.items()
         )
         + ".",
@@ -725,15 +732,40 @@ def _quiet_logging():
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def learning_rates(text: str) -> list[float]:
-    """`--learning_rates 1e-3,2e-3`: positive numbers, each once."""
+def candidate_rates(candidate: float | str) -> tuple[float, float | None]:
+    """A learning-rate candidate: a number (every part at that rate) or "HEAD/REST" (the head at HEAD, the text
+    tower and the cross-modal layers at REST: `--learning_rate HEAD --tower_learning_rate REST
+    --cross_learning_rate REST`). Returns (head, rest or None)."""
+    if isinstance(candidate, (int, float)):
+        return float(candidate), None
+    head, _, rest = candidate.partition("/")
+    return float(head), float(rest) if rest else None
+
+
+def candidate_label(candidate: float | str) -> str:
+    head, rest = candidate_rates(candidate)
+    return f"{head:g}" if rest is None else f"{head:g}/{rest:g}"
+
+
+def candidate_tag(candidate: float | str) -> str:
+    """The candidate's part of a run folder's name: lr0.002, lr0.01_rest0.002."""
+    head, rest = candidate_rates(candidate)
+    return f"lr{head:g}" if rest is None else f"lr{head:g}_rest{rest:g}"
+
+
+def learning_rates(text: str) -> list[float | str]:
+    """`--learning_rates 2e-3,1e-2/2e-3`: candidates (a number, or HEAD/REST), positive, each once."""
+    values = text.split(",")
     try:
-        rates = [float(value) for value in text.split(",")]
+        parsed = [candidate_rates(value if "/" in value else float(value)) for value in values]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1e-3,2e-3, got {text!r}") from None
-    if not rates or any(rate <= 0 for rate in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated learning rates such as 2e-3,1e-2/2e-3 (HEAD/REST: the head at HEAD, the text "
+            f"tower and cross-modal layers at REST), got {text!r}"
+        ) from None
+    if any(head <= 0 or (rest is not None and rest <= 0) for head, rest in parsed) or len(set(parsed)) != len(parsed):
         raise argparse.ArgumentTypeError(f"expected distinct positive learning rates, got {text!r}")
-    return rates
+    return [value if "/" in value else float(value) for value in values]
 
 
 def parse_arguments(argv, description: str, default_output: str, modes: dict, smoke_help: str):

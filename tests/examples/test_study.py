@@ -48,18 +48,26 @@ def test_study_smoke_rows_seeds_and_learning_rate_choice(study):
             (1, 0), (1, 1), (2, 0), (2, 1)
         ]  # fmt: skip
         assert row["aggregate"]["ua"]["n"] == 4
+        assert settings["learning_rates"] == [2e-3, "5e-3/2e-3"]
+        # the candidates' folders and the rates each run was given: every part at 2e-3; the head at 5e-3 over the
+        # text tower and cross-modal layers at 2e-3
+        candidates = {"0.002": ("lr0.002", 2e-3, None), "0.005/0.002": ("lr0.005_rest0.002", 5e-3, 2e-3)}
+        run_dirs = Path(row["path"]).parents[1]
         for fold, rate in row["learning_rates"].items():
-            # the chosen rate is the one with the best validation UA at seed 0, read back from both candidate runs
-            run_dirs = Path(row["path"]).parents[1]
-            validation = {
-                candidate: json.loads((run_dirs / f"fold{fold}_lr{candidate:g}" / "results.json").read_text())[
-                    "folds"
-                ][0]["validation"]["best_metric"]
-                for candidate in settings["learning_rates"]
-            }
+            validation = {}
+            for label, (tag, head, rest) in candidates.items():
+                run = run_dirs / f"fold{fold}_{tag}"
+                validation[label] = json.loads((run / "results.json").read_text())["folds"][0]["validation"][
+                    "best_metric"
+                ]
+                given = json.loads((run / f"fold_{fold}" / "run_arguments.json").read_text())["CMTTrainingArguments"]
+                assert (given["learning_rate"], given["tower_learning_rate"], given["cross_learning_rate"]) == (
+                    head, rest, rest
+                )  # fmt: skip
+            # the chosen candidate is the one with the best validation UA at seed 0, read back from both runs
             assert rate == max(validation, key=validation.get), (name, fold, validation)
-            # the seed-1 run reuses that rate
-            seed1 = json.loads((run_dirs / f"fold{fold}_seed1_lr{rate:g}" / "results.json").read_text())
+            # the seed-1 run reuses it
+            seed1 = json.loads((run_dirs / f"fold{fold}_seed1_{candidates[rate][0]}" / "results.json").read_text())
             assert seed1["protocol"]["seed"] == 1
     for name in ("CMT + layer pooler", "CMT + ortho"):
         assert [fold["fold"] for fold in results["rows"][name]["folds"]] == [1]
@@ -206,7 +214,8 @@ def test_a_folder_made_with_other_settings_is_refused_and_kept(study, tmp_path):
     refused("an earlier version of this script")
 
 
-@pytest.mark.parametrize(("value", "message"), [("1e-3,fast", "expected comma-separated numbers"),
+@pytest.mark.parametrize(("value", "message"), [("1e-3,fast", "expected comma-separated learning rates"),
+                                                ("1e-2/x", "HEAD/REST"), ("1e-2/0", "distinct positive"),
                                                 ("2e-3,2e-3", "distinct positive"), ("0", "distinct positive")])  # fmt: skip
 def test_bad_learning_rates_are_named(tmp_path, value, message):
     completed = subprocess.run(
