@@ -19,7 +19,7 @@
 The towers are small (the `demo` preset's sizes, 0.5 M parameters in all): these are synthetic-corpus results that
 show the code paths and how the models behave against what the corpus allows, not the paper's numbers, which need
 the real corpora, the Hub towers and GPUs (README, "Reproduce the paper"). `examples/study.py` (`make study`) runs
-the same protocol on all five folds with two seeds and the paper's figures; `--learning_rates` adds a search. Finished steps
+the same protocol on all five folds with two seeds, a learning-rate search and the paper's figures. Finished steps
 are cached in the output folder (a killed run continues where it stopped); `--fresh` redoes all.
 
     python examples/demo.py                   # about 10 minutes on 2 CPU cores (README, "The demo")
@@ -445,9 +445,9 @@ class Demo:
             "",
             CAVEATS,
             "",
-            "`make study` (`examples/study.py`) runs this protocol on all five folds with two seeds (`--learning_rates` "
-            "adds a learning-rate search), adds the Table 4 rows, the label-fraction (Figure 3) and hidden-state (Figure 2) "
-            "analogues and the sentiment config.",
+            "`make study` (`examples/study.py`) runs this protocol on all five folds with two seeds and a "
+            "learning-rate search ({2e-3, 1e-2/2e-3}, chosen per fold on validation), adds the Table 4 rows, the "
+            "label-fraction (Figure 3) and hidden-state (Figure 2) analogues and the sentiment config.",
             "",
             "## The paper's published numbers" + paper,
         ]
@@ -558,8 +558,8 @@ def protocol_paragraph(settings: dict) -> str:
     s = settings
     rates = ", ".join(candidate_label(candidate) for candidate in s["learning_rates"])
     per_part = (
-        " (a/b: the head, and the pooler or codebook where there is one, at a; the text tower and the cross-modal "
-        "layers at b)"
+        " (a/b: the classification head at a; the text tower and the cross-modal stack, its text projection and "
+        "layer pooler included, at b)"
         if any(candidate_rates(candidate)[1] is not None for candidate in s["learning_rates"])
         else ""
     )

@@ -50,7 +50,7 @@ SETTINGS = {
         "folds": "1,2,3,4,5",
         "seeds": [0, 1],
         "rows": TABLE1_ROWS,
-        # Every part at 2e-3, or the head at 1e-2 over the text tower and cross-modal layers at 2e-3 (README, "The
+        # Every part at 2e-3, or the head at 1e-2 over the text tower and cross-modal stack at 2e-3 (README, "The
         # study": the head-only rows barely move at 2e-3, the text tower breaks at 1e-2).
         "learning_rates": [2e-3, "1e-2/2e-3"],
         # The figures and the Table 4 rows: these folds, the first seed (the sentiment config: fixed splits, seeds).
