@@ -179,3 +179,34 @@ def test_cached_tower_outputs_and_streams_are_refused(run_script, word_dataset, 
             "run_pretrain", "--task", "audio_text_pairs", "--data_dir", tmp_path, "--streaming", "true",
             "--max_steps", "2", *TINY, "--max_batch_seconds", "4", "--output_dir", tmp_path / "pretrain",
         )  # fmt: skip
+
+
+def test_length_grouped_batches_read_the_length_column_once(tmp_path):
+    """`group_by_length` (the default): the same batches as Trainer's own sampler, from the `length` column read as
+    a list (datasets 4 hands Trainer a lazy Column, which LengthGroupedSampler indexes one whole row at a time)."""
+    from datasets import Dataset
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from cmt_training.arguments import CMTTrainingArguments
+
+    lengths = np.random.default_rng(0).integers(100, 5000, 200).tolist()
+    dataset = Dataset.from_dict({"length": lengths, "waveform": [np.zeros(4, np.float32)] * 200})
+    dataset = dataset.with_format("numpy", columns=["waveform"], output_all_columns=True)
+    args = CMTTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, eval_strategy="no",
+        save_strategy="no", load_best_model_at_end=False,
+    )  # fmt: skip
+    trainer = CMTTrainer(model=torch.nn.Linear(1, 1), args=args, train_dataset=dataset)
+    ours, stock = trainer._get_train_sampler(), Trainer._get_train_sampler(trainer)
+    assert isinstance(ours, LengthGroupedSampler) and type(ours.lengths) is list and ours.lengths == lengths
+    assert not isinstance(stock.lengths, list)  # the lazy column this override replaces
+    torch.manual_seed(3)
+    order = list(ours)
+    torch.manual_seed(3)
+    assert order == list(stock) and sorted(order) == list(range(200))
+    # megabatches of 6 batches of 8 (200 // 32), each sorted longest first, the longest row of all first
+    assert lengths[order[0]] == max(lengths)
+    for start in range(0, 200, 48):
+        chunk = [lengths[i] for i in order[start : start + 48]][1:]  # its first may be the swapped-in longest
+        assert chunk == sorted(chunk, reverse=True)
