@@ -29,6 +29,7 @@ extras = {
         "scikit-learn>=1.4,<2",
         "scipy>=1.11,<2",
         "h5py>=3.10,<4",
+        "filelock>=3.12,<5",  # tower caches shared by runs that start at once
     ],
     # Plots for the demo, reports and benchmarks.
     "demo": [

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, List, Value
 from datasets.arrow_writer import ArrowWriter
+from filelock import FileLock
 from torch.nn.utils.rnn import pad_sequence
 
 from modeling_cmt import CMTForPreTraining, CMTPreTrainedModel, CMTProcessor
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 DATA_FILE = "tower_outputs.arrow"
+LOCK_FILE = "build.lock"
 META_FILE = "tower_cache.json"
 STORAGE_DTYPES = ("float32", "float16")
 # Items run through the towers per sorted chunk: sorting within a chunk keeps padding small and rows in order.
@@ -201,20 +203,24 @@ def build_tower_cache(
     cache_dir = Path(cache_dir)
     fingerprint = tower_cache_fingerprint(model, dataset, processor, batch_size, storage_dtype, towers)
     meta_path = cache_dir / META_FILE
-    if meta_path.is_file():
-        built_for = json.loads(meta_path.read_text()).get("fingerprint", "")
-        if built_for == fingerprint and (cache_dir / DATA_FILE).is_file():
-            logger.info(f"Using the tower cache in {cache_dir} ({fingerprint[:12]}).")
-            return load_tower_cache(cache_dir, fingerprint)
-        message = (
-            f"The tower cache in {cache_dir} was built from other tower weights, processor, codebook or data "
-            f"(fingerprint {built_for[:12] or 'missing'}, these give {fingerprint[:12]})"
-        )
-        if on_stale == "error":
-            raise StaleTowerCacheError(f"{message}: delete it, use another cache_dir, or pass on_stale='rebuild'.")
-        logger.warning(f"{message}: rebuilding it.")
-    _write_tower_cache(model, dataset, processor, cache_dir, fingerprint, batch_size, storage_dtype, towers)
-    return load_tower_cache(cache_dir, fingerprint)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Runs sharing a cache folder may start at once (the study's parallel runs): one builds, the others wait and
+    # reuse what it wrote.
+    with FileLock(str(cache_dir / LOCK_FILE)):
+        if meta_path.is_file():
+            built_for = json.loads(meta_path.read_text()).get("fingerprint", "")
+            if built_for == fingerprint and (cache_dir / DATA_FILE).is_file():
+                logger.info(f"Using the tower cache in {cache_dir} ({fingerprint[:12]}).")
+                return load_tower_cache(cache_dir, fingerprint)
+            message = (
+                f"The tower cache in {cache_dir} was built from other tower weights, processor, codebook or data "
+                f"(fingerprint {built_for[:12] or 'missing'}, these give {fingerprint[:12]})"
+            )
+            if on_stale == "error":
+                raise StaleTowerCacheError(f"{message}: delete it, use another cache_dir, or pass on_stale='rebuild'.")
+            logger.warning(f"{message}: rebuilding it.")
+        _write_tower_cache(model, dataset, processor, cache_dir, fingerprint, batch_size, storage_dtype, towers)
+        return load_tower_cache(cache_dir, fingerprint)
 
 
 def load_tower_cache(cache_dir: str | os.PathLike, fingerprint: str | None = None) -> Dataset:

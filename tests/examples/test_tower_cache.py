@@ -2,7 +2,9 @@
 cache trains the cross-modal stack from a Trainer (`run_finetune.py --cache_tower_outputs`: tests/examples/
 test_training.py)."""
 
+import copy
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +288,31 @@ def test_cache_trains_the_cross_stack_from_a_trainer(processor, tmp_path, prepar
     assert all(torch.equal(p, towers[name]) for name, p in model.named_parameters() if name in towers)
     assert not torch.equal(model.cmt.encoder.layers[0].attention.q_proj.weight, cross)
     assert all(np.isfinite(entry["train_loss"]) for entry in trainer.state.log_history if "train_loss" in entry)
+
+
+def test_runs_building_one_cache_at_once_share_it(processor, tmp_path, no_dropout_config, prepared_rows):
+    """Two runs that start together on the same cache folder (the study's parallel runs): one builds it, the other
+    waits and reuses it; without the lock both wrote the same temporary file and one failed."""
+    torch.manual_seed(0)
+    model = CMTForSequenceClassification(no_dropout_config())
+    dataset = prepared_rows(24)
+    start = threading.Barrier(2)
+    built, errors = [], []
+
+    def build():
+        start.wait()
+        try:
+            built.append(tower_cache.build_tower_cache(copy.deepcopy(model), dataset, processor, tmp_path / "c"))
+        except Exception as error:  # reported below with the other thread's outcome
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(built) == 2
+    first, second = ([row["audio_tower_output"] for row in cache] for cache in built)
+    assert len(first) == 24 and all(torch.equal(a, b) for a, b in zip(first, second))
+    meta = read_json(tmp_path / "c" / tower_cache.META_FILE)
+    assert meta["rows"] == 24
