@@ -38,12 +38,14 @@ import contextlib
 import importlib
 import json
 import logging
+import multiprocessing
 import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -194,13 +196,45 @@ for sample in samples:
 """
 
 
+@dataclass(frozen=True)
+class Step:
+    """A cached step: an example script's `main(arguments + ["--output_dir", output])`, done once `output / done`
+    exists."""
+
+    name: str
+    module: str
+    arguments: tuple
+    output: Path
+    done: str = "results.json"
+
+
+@dataclass
+class RowRequest:
+    """One row to fine-tune on some folds (`Demo.finetune_rows`): where its runs start (`sources`), extra
+    `run_finetune.py` arguments, the task, its run folders' name (`slug`, default the row's) and seeds (default the
+    mode's)."""
+
+    row: Row
+    folds: list
+    sources: dict
+    extra: tuple = ()
+    task: str = "synthetic_emotion"
+    slug: str | None = None
+    seeds: list | None = field(default=None)
+
+
 class Demo:
-    def __init__(self, output_dir: Path, settings: dict, fresh: bool):
+    def __init__(self, output_dir: Path, settings: dict, fresh: bool, jobs: int = 1):
         self.output_dir, self.settings, self.fresh = output_dir, settings, fresh
         self.logs = output_dir / "logs"
         self.cache = output_dir / "cache"
         self.runs = output_dir / "runs"
         self.timings: dict[str, float] = {}
+        # Fine-tuning runs in `jobs` worker processes at once, each with its share of the cores: a run of the demo
+        # preset is too small to use two threads (README, "The study": one thread each, two at once, twice the runs).
+        self.jobs = jobs
+        self.threads_per_job = max(1, available_cores() // jobs)
+        self._pool: ProcessPoolExecutor | None = None
         self.check_settings()
         for folder in (self.logs, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
@@ -248,26 +282,72 @@ class Demo:
 
     def step(self, name: str, module: str, arguments: list, output: Path, done: str = "results.json") -> Path:
         """Runs an example script's main() in this process unless its results (`done`) are already there."""
-        if (output / done).is_file() and not self.fresh:
+        spec = Step(name, module, tuple(arguments), output, done)
+        if not self._pending(spec):
             return output
-        if output.exists():
-            shutil.rmtree(output)  # an unfinished earlier attempt of this demo step, never user data
-        started = time.time()
-        script = importlib.import_module(module)  # a script beside this one: run_finetune, run_pretrain, ...
-        argv = [*map(str, arguments), "--output_dir", str(output)]
-        log = self.logs / f"{name}.log"
-        with log.open("w") as handle, contextlib.redirect_stdout(handle):
-            handler = logging.StreamHandler(handle)
-            logging.getLogger().addHandler(handler)
-            try:
-                script.main(argv)
-            except Exception as error:
-                raise RuntimeError(f"Demo step {name!r} failed; its log is {log}.") from error
-            finally:
-                logging.getLogger().removeHandler(handler)
-                _quiet_logging()  # the scripts set library verbosity; keep the demo's console to its own bars
-        self.timings[name] = round(time.time() - started, 1)
+        self._start(spec)
+        try:
+            self.timings[name] = run_script(module, self._argv(spec), self.logs / f"{name}.log")
+        except Exception as error:
+            raise RuntimeError(f"Demo step {name!r} failed; its log is {self.logs / (name + '.log')}.") from error
         return output
+
+    def steps(self, specs: list[Step], progress=None) -> list[Path]:
+        """Runs the steps whose results are not there yet, `jobs` at a time in worker processes (in this process when
+        `jobs` is 1), and returns their output folders in order. A failed step stops the others and is named."""
+        unique = list({spec.output: spec for spec in specs}.values())  # a run asked for twice runs once
+        pending = [spec for spec in unique if self._pending(spec)]
+        if progress is not None:
+            progress.update(len(specs) - len(pending))
+        if self.jobs <= 1:
+            for spec in pending:
+                self.step(spec.name, spec.module, spec.arguments, spec.output, spec.done)
+                if progress is not None:
+                    progress.update()
+            return [spec.output for spec in specs]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(self.threads_per_job,),
+            )  # fmt: skip
+        futures = {}
+        for spec in pending:
+            self._start(spec)
+            log = self.logs / f"{spec.name}.log"
+            futures[self._pool.submit(run_script, spec.module, self._argv(spec), log)] = spec
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, return_when=FIRST_EXCEPTION)
+            for future in finished:
+                spec = futures[future]
+                try:
+                    self.timings[spec.name] = future.result()
+                except Exception as error:
+                    for other in remaining:
+                        other.cancel()
+                    self.close()
+                    log = self.logs / f"{spec.name}.log"
+                    raise RuntimeError(f"Demo step {spec.name!r} failed; its log is {log}.") from error
+                if progress is not None:
+                    progress.update()
+        return [spec.output for spec in specs]
+
+    def close(self):
+        """Stops the worker processes (a later `steps` starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _pending(self, spec: Step) -> bool:
+        return self.fresh and spec.name not in self.timings or not (spec.output / spec.done).is_file()
+
+    def _start(self, spec: Step):
+        if spec.output.exists():
+            shutil.rmtree(spec.output)  # an unfinished earlier attempt of this demo step, never user data
+
+    @staticmethod
+    def _argv(spec: Step) -> list[str]:
+        return [*map(str, spec.arguments), "--output_dir", str(spec.output)]
 
     # --- 1. corpora --------------------------------------------------------------------------------------------
 
@@ -357,63 +437,83 @@ class Demo:
         prefix = "tapt" if task == "synthetic_emotion" else f"tapt_{task}"
         arguments = ["--model_name_or_path", pretrained, *self.task(task), *self.training(), "--stage", "2",
                      "--num_train_epochs", self.settings["tapt_epochs"]]  # fmt: skip
-        return {
-            fold: self.step(
+        specs = [
+            Step(
                 f"{prefix}_{fold_tag(fold)}",
                 "run_pretrain",
-                [*arguments, *fold_arguments(fold)],
+                (*arguments, *fold_arguments(fold)),
                 self.runs / f"{prefix}_{fold_tag(fold)}",
             )
             for fold in folds
-        }
+        ]
+        return dict(zip(folds, self.steps(specs)))
 
     # --- 4. fine-tuning ----------------------------------------------------------------------------------------
 
-    def finetune_one(self, row: Row, fold: int, seed: int, candidate: float | str, sources: dict, extra=(),
-                     task: str = "synthetic_emotion", slug: str | None = None) -> Path:  # fmt: skip
-        """One fine-tuning run (cached); returns the folder with its results.json."""
-        s = self.settings
+    def finetune_step(self, request: RowRequest, fold: int, seed: int, candidate: float | str) -> Step:
+        """One fine-tuning run of a row (cached in its own folder)."""
+        s, row = self.settings, request.row
         source = {
-            "tapt": ["--model_name_or_path", sources["tapt"][fold]],
-            "towers": [*sources["towers"], "--num_cross_layers", str(s["num_cross_layers"])],
+            "tapt": ["--model_name_or_path", request.sources["tapt"][fold]],
+            "towers": [*request.sources["towers"], "--num_cross_layers", str(s["num_cross_layers"])],
         }[row.start]
-        slug = slug or row.slug
+        slug = request.slug or row.slug
         tag = fold_tag(fold) + (f"_seed{seed}" if seed else "") + "_" + candidate_tag(candidate)
-        return self.step(
+        return Step(
             f"finetune_{slug}_{tag}", "run_finetune",
-            [*source, *self.task(task), *self.training(seed, candidate), *fold_arguments(fold), *row.extra, *extra,
-             "--num_train_epochs", s["finetune_epochs"], "--save_total_limit", "1", "--freeze_audio_tower", "true",
-             "--cache_tower_outputs", "true", "--per_device_train_batch_size", s["finetune_batch_size"]],
+            (*source, *self.task(request.task), *self.training(seed, candidate), *fold_arguments(fold), *row.extra,
+             *request.extra, "--num_train_epochs", s["finetune_epochs"], "--save_total_limit", "1",
+             "--freeze_audio_tower", "true", "--cache_tower_outputs", "true", "--per_device_train_batch_size",
+             s["finetune_batch_size"]),
             self.runs / slug / tag,
         )  # fmt: skip
 
-    def finetune_row(self, row: Row, folds: list[int], sources: dict, progress=None, extra=(),
-                     task: str = "synthetic_emotion", slug: str | None = None, seeds=None) -> dict:  # fmt: skip
-        """A row on every fold and seed. With several learning-rate candidates, each fold's is the one with the best
-        validation score at the first seed; the other seeds reuse it. Returns the row's aggregated results."""
-        seeds = self.settings["seeds"] if seeds is None else seeds
-        runs, chosen = [], {}
-        for fold in folds:
-            candidates = []
-            for candidate in self.settings["learning_rates"]:
-                run = self.finetune_one(row, fold, seeds[0], candidate, sources, extra, task, slug)
-                candidates.append((_validation_score(run), candidate_label(candidate), run))
-                if progress is not None:
-                    progress.update()
-            best = max(candidates, key=lambda c: c[0]) if len(candidates) > 1 else candidates[0]
-            chosen[fold] = best[1]
-            runs.append(best[2])
-            for seed in seeds[1:]:
-                runs.append(self.finetune_one(row, fold, seed, best[1], sources, extra, task, slug))
-                if progress is not None:
-                    progress.update()
-        return collect_runs(runs, chosen)
+    def finetune_rows(self, requests: list[RowRequest], progress=None) -> list[dict]:
+        """Rows on their folds and seeds, returning each row's aggregated results. With several learning-rate
+        candidates, each fold's is the one with the best validation score at the row's first seed; the other seeds
+        reuse it. The runs go in two waves, each `jobs` at a time: every candidate at the first seed, then the other
+        seeds."""
+        candidates = self.settings["learning_rates"]
+        seeds = [request.seeds or self.settings["seeds"] for request in requests]
+        first = {
+            (index, fold, candidate): self.finetune_step(request, fold, seeds[index][0], candidate)
+            for index, request in enumerate(requests)
+            for fold in request.folds
+            for candidate in candidates
+        }
+        self.steps(list(first.values()), progress)
+        chosen = {}
+        for index, request in enumerate(requests):
+            for fold in request.folds:
+                scored = [(_validation_score(first[index, fold, c].output), c) for c in candidates]
+                chosen[index, fold] = max(scored, key=lambda pair: pair[0])[1] if len(scored) > 1 else scored[0][1]
+        later = {
+            (index, fold, seed): self.finetune_step(request, fold, seed, chosen[index, fold])
+            for index, request in enumerate(requests)
+            for fold in request.folds
+            for seed in seeds[index][1:]
+        }
+        self.steps(list(later.values()), progress)
+        results = []
+        for index, request in enumerate(requests):
+            runs = []
+            for fold in request.folds:
+                runs.append(first[index, fold, chosen[index, fold]].output)
+                runs.extend(later[index, fold, seed].output for seed in seeds[index][1:])
+            labels = {fold: candidate_label(chosen[index, fold]) for fold in request.folds}
+            results.append(collect_runs(runs, labels))
+        return results
+
+    def finetune_row(self, row: Row, folds: list[int], sources: dict, **options) -> dict:
+        """One row (`finetune_rows`); `options` are `RowRequest`'s."""
+        return self.finetune_rows([RowRequest(row, folds, sources, **options)])[0]
 
     def finetune(self, sources: dict, folds: list[int]) -> dict[str, dict]:
         rows = [ROWS_BY_NAME[name] for name in self.settings["rows"]]
         total = len(rows) * len(folds) * (len(self.settings["learning_rates"]) + len(self.settings["seeds"]) - 1)
         with tqdm(total=total, desc="fine-tuning (rows x folds x runs)", unit="run") as progress:
-            return {row.name: self.finetune_row(row, folds, sources, progress) for row in rows}
+            results = self.finetune_rows([RowRequest(row, folds, sources) for row in rows], progress)
+        return {row.name: result for row, result in zip(rows, results)}
 
     # --- 5. report ---------------------------------------------------------------------------------------------
 
@@ -721,6 +821,36 @@ def observations(results: dict) -> list[str]:
     return [compare(a, b, t) for a, b, t in pairs if a in results and b in results]
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, as `nproc` counts them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_script(module: str, argv: list[str], log: Path) -> float:
+    """An example script's `main(argv)` (run_finetune, run_pretrain, ...), its console output and log records in
+    `log`; returns the seconds it took. Runs in the demo's process or in one of its workers."""
+    started = time.time()
+    script = importlib.import_module(module)  # a script beside this one
+    with log.open("w") as handle, contextlib.redirect_stdout(handle):
+        handler = logging.StreamHandler(handle)
+        logging.getLogger().addHandler(handler)
+        try:
+            script.main(argv)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            _quiet_logging()  # the scripts set library verbosity; keep the demo's console to its own bars
+    return round(time.time() - started, 1)
+
+
+def _init_worker(threads: int):
+    """A worker process of `Demo.steps`: its share of the cores, and the demo's logging set-up."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.getLogger().setLevel(logging.INFO)
+    _quiet_logging()
+
+
 def _quiet_logging():
     """The steps' logs go to demo_output/logs/*.log through the root logger, not to the console."""
     transformers.utils.logging.disable_default_handler()
@@ -768,8 +898,14 @@ def learning_rates(text: str) -> list[float | str]:
     return [value if "/" in value else float(value) for value in values]
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parse_arguments(argv, description: str, default_output: str, modes: dict, smoke_help: str):
-    """The command line demo.py and study.py share: `--output_dir`, `--smoke`, `--fresh`, `--learning_rates`.
+    """The command line demo.py and study.py share: `--output_dir`, `--smoke`, `--fresh`, `--learning_rates`, `--jobs`.
     Returns the arguments and the mode's settings (with `--learning_rates` applied)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=default_output, type=Path)
@@ -780,6 +916,13 @@ def parse_arguments(argv, description: str, default_output: str, modes: dict, sm
         type=learning_rates,
         help="Comma-separated learning rates searched for every row, chosen per fold on validation (default: the "
         "mode's; finished runs at any of them are reused).",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=available_cores(),
+        help="Fine-tuning (and TAPT) runs at once, each in its own process with its share of the cores (default: "
+        f"the cores this process may use, {available_cores()} here); 1 runs every step in this process.",
     )
     args = parser.parse_args(argv)
     settings = modes["smoke" if args.smoke else "full"]
@@ -794,7 +937,7 @@ def main(argv: list[str] | None = None):
     )
     folds = [int(fold) for fold in settings["folds"].split(",")]
     started = time.time()
-    demo = Demo(args.output_dir, settings, args.fresh)  # refuses a folder made with other settings, first
+    demo = Demo(args.output_dir, settings, args.fresh, args.jobs)  # refuses a folder made with other settings, first
     logging.basicConfig(  # before any step, so the scripts' own basicConfig calls leave the console alone
         level=logging.INFO,
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -804,9 +947,12 @@ def main(argv: list[str] | None = None):
     print(f"CMT demo ({'smoke' if args.smoke else 'full'}): output in {args.output_dir}/, logs in {demo.logs}/")
 
     with tqdm(total=7, desc="demo", unit="step", position=0) as progress:
-        corpus, _, sources = demo.prepare(folds, progress)
-        progress.set_postfix_str("fine-tuning")
-        results = demo.finetune(sources, folds)
+        try:
+            corpus, _, sources = demo.prepare(folds, progress)
+            progress.set_postfix_str("fine-tuning")
+            results = demo.finetune(sources, folds)
+        finally:
+            demo.close()
         progress.update()
         progress.set_postfix_str("report")
         ceilings = demo.ceilings(corpus, folds)

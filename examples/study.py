@@ -32,7 +32,7 @@ from pathlib import Path
 import demo as demo_script  # examples/demo.py: this script's folder is first on sys.path when it runs
 import matplotlib.pyplot as plt  # the Agg backend is chosen by examples/report.py, which demo imports
 import numpy as np
-from demo import ROWS_BY_NAME, Demo, captured_fraction, captured_table
+from demo import ROWS_BY_NAME, Demo, RowRequest, captured_fraction, captured_table
 from tqdm.auto import tqdm
 
 import hub_datasets
@@ -92,62 +92,55 @@ class Study(Demo):
         s = self.settings
         folds, figure_folds = folds_of(s["folds"]), folds_of(s["figure_folds"])
         corpus, pretrained, sources = self.prepare(folds, progress)
-
-        progress.set_postfix_str("Tables 1 and 4")
-        table = {name: self.finetune_row(ROWS_BY_NAME[name], folds, sources) for name in s["rows"]}
-        table.update(
-            {name: self.finetune_row(ROWS_BY_NAME[name], figure_folds, sources, seeds=[0]) for name in TABLE4_ROWS}
-        )
-        progress.update()
-
-        progress.set_postfix_str("Figure 3 (label fraction)")
-        fractions = {}
-        for name in FRACTION_ROWS:
-            row = ROWS_BY_NAME[name]
-            fractions[name] = {
-                f"{fraction:g}": self.finetune_row(
-                    row,
-                    figure_folds,
-                    sources,
-                    extra=("--train_fraction", fraction),
-                    seeds=[0],
-                    slug=f"{row.slug}_fraction{fraction:g}",
-                )  # fmt: skip
-                for fraction in s["fractions"]
-            }
-            fractions[name]["1"] = self.finetune_row(row, figure_folds, sources, seeds=[0])
-        progress.update()
-
-        progress.set_postfix_str("Figure 2 (hidden state)")
-        row = ROWS_BY_NAME["CMT (PT + TAPT)"]
-        hidden = {
-            str(index): self.finetune_row(
-                row,
-                figure_folds,
-                sources,
-                extra=("--cross_hidden_state_index", index),
-                seeds=[0],
-                slug=f"{row.slug}_hidden{index}",
-            )  # fmt: skip
-            for index in s["hidden_states"]
-        }
-        hidden[str(s["num_cross_layers"])] = self.finetune_row(row, figure_folds, sources, seeds=[0])
-        progress.update()
-
-        progress.set_postfix_str("sentiment")
         # The sentiment config has fixed speaker-disjoint train / validation / test splits (no folds): seeds only.
         sentiment_sources = {**sources, "tapt": self.tapt(pretrained, [None], "synthetic_sentiment")}
-        sentiment = {
-            name: self.finetune_row(
-                ROWS_BY_NAME[name],
-                [None],
-                sentiment_sources,
-                task="synthetic_sentiment",
-                slug=f"sentiment_{ROWS_BY_NAME[name].slug}",
-            )
-            for name in SENTIMENT_ROWS
-        }
-        progress.update()
+
+        # Every fine-tuning run of the study in one batch (`finetune_rows`: the workers stay busy across parts).
+        cmt = ROWS_BY_NAME["CMT (PT + TAPT)"]
+        parts = {
+            "table": {name: RowRequest(ROWS_BY_NAME[name], folds, sources) for name in s["rows"]},
+            "table4": {name: RowRequest(ROWS_BY_NAME[name], figure_folds, sources, seeds=[0]) for name in TABLE4_ROWS},
+            "fractions": {
+                (name, fraction): RowRequest(
+                    ROWS_BY_NAME[name], figure_folds, sources, extra=("--train_fraction", fraction), seeds=[0],
+                    slug=f"{ROWS_BY_NAME[name].slug}_fraction{fraction:g}",
+                )
+                for name in FRACTION_ROWS
+                for fraction in s["fractions"]
+            },
+            "full_share": {name: RowRequest(ROWS_BY_NAME[name], figure_folds, sources, seeds=[0]) for name in FRACTION_ROWS},
+            "hidden": {
+                index: RowRequest(
+                    cmt, figure_folds, sources, extra=("--cross_hidden_state_index", index), seeds=[0],
+                    slug=f"{cmt.slug}_hidden{index}",
+                )
+                for index in s["hidden_states"]
+            },
+            "sentiment": {
+                name: RowRequest(
+                    ROWS_BY_NAME[name], [None], sentiment_sources, task="synthetic_sentiment",
+                    slug=f"sentiment_{ROWS_BY_NAME[name].slug}",
+                )
+                for name in SENTIMENT_ROWS
+            },
+        }  # fmt: skip
+        requests = [request for part in parts.values() for request in part.values()]
+        progress.set_postfix_str(f"fine-tuning ({self.jobs} at a time)")
+        total = sum(len(r.folds) * (len(s["learning_rates"]) + len(r.seeds or s["seeds"]) - 1) for r in requests)
+        with tqdm(total=total, desc="fine-tuning runs", unit="run", position=1, leave=False) as runs:
+            results = iter(self.finetune_rows(requests, runs))
+        done = {part: {key: next(results) for key in requests_of} for part, requests_of in parts.items()}
+        progress.update(4)
+
+        table = {**done["table"], **done["table4"]}
+        fractions = {name: {} for name in FRACTION_ROWS}
+        for (name, fraction), result in done["fractions"].items():
+            fractions[name][f"{fraction:g}"] = result
+        for name, result in done["full_share"].items():
+            fractions[name]["1"] = result  # the Table 1 row's own runs on these folds (the same folders)
+        hidden = {str(index): result for index, result in done["hidden"].items()}
+        hidden[str(s["num_cross_layers"])] = done["full_share"]["CMT (PT + TAPT)"]
+        sentiment = done["sentiment"]
         return {
             "corpus": corpus,
             "table": table,
@@ -410,7 +403,7 @@ def main(argv: list[str] | None = None):
         argv, __doc__, "study_output", SETTINGS, "Tiny everything: checks the code path in a minute."
     )
     started = time.time()
-    study = Study(args.output_dir, settings, args.fresh)  # refuses a folder made with other settings, first
+    study = Study(args.output_dir, settings, args.fresh, args.jobs)  # refuses a folder made with other settings, first
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -419,7 +412,10 @@ def main(argv: list[str] | None = None):
     demo_script._quiet_logging()
     print(f"CMT study ({'smoke' if args.smoke else 'full'}): output in {args.output_dir}/, logs in {study.logs}/")
     with tqdm(total=8, desc="study", unit="part", position=0) as progress:
-        outcome = study.run_all(progress)
+        try:
+            outcome = study.run_all(progress)
+        finally:
+            study.close()
         progress.set_postfix_str("report")
         captured = captured_table(outcome["table"], outcome["ceilings"])
         checks = targets(outcome, captured)

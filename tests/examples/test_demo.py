@@ -1,6 +1,7 @@
 """`make demo`'s command (`python examples/demo.py`) in its smoke mode: every artefact exists and parses."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -105,3 +106,57 @@ def test_demo_smoke_writes_every_artefact(tmp_path):
     with torch.no_grad():
         assert model(**inputs).logits.shape == (1, 4)
     assert "Held-out predictions from the reloaded pipeline" in completed.stdout
+
+
+GOOD_STEP = """import json, os, sys
+from pathlib import Path
+import torch
+
+def main(argv):
+    output = Path(argv[argv.index("--output_dir") + 1])
+    output.mkdir(parents=True)
+    print("hello from", os.getpid())
+    (output / "results.json").write_text(json.dumps({"pid": os.getpid(), "threads": torch.get_num_threads()}))
+"""
+
+
+def test_parallel_steps_run_in_workers_and_a_failure_is_named(tmp_path, monkeypatch):
+    """`Demo.steps` with `--jobs 2`: steps run in worker processes with their share of the cores, their console
+    output in their logs; a step asked for twice runs once; finished steps are not redone; a failing step is
+    named with its log and its error kept."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "good_step.py").write_text(GOOD_STEP)
+    (modules / "bad_step.py").write_text("def main(argv):\n    raise ValueError('no corpus at /nowhere')\n")
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    monkeypatch.syspath_prepend(str(modules))  # the workers start with this process's sys.path
+    import demo
+
+    runner = demo.Demo(tmp_path / "out", demo.SETTINGS["smoke"], fresh=False, jobs=2)
+    try:
+        steps = [demo.Step(f"good{i}", "good_step", (), tmp_path / "out" / "runs" / f"good{i}") for i in range(3)]
+        outputs = runner.steps([*steps, steps[0]])
+        assert outputs == [step.output for step in [*steps, steps[0]]]
+        written = [json.loads((step.output / "results.json").read_text()) for step in steps]
+        assert os.getpid() not in {entry["pid"] for entry in written}
+        assert {entry["threads"] for entry in written} == {max(1, demo.available_cores() // 2)}
+        assert sorted(runner.timings) == ["good0", "good1", "good2"]
+        assert "hello from" in (runner.logs / "good0.log").read_text()
+        runner.timings.clear()
+        runner.steps(steps)
+        assert runner.timings == {}  # finished: nothing redone
+        with pytest.raises(RuntimeError, match=r"Demo step 'bad' failed; its log is .*bad\.log") as raised:
+            runner.steps([demo.Step("bad", "bad_step", (), tmp_path / "out" / "runs" / "bad")])
+        assert "no corpus at /nowhere" in str(raised.value.__cause__)
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_jobs_are_named(tmp_path, value):
+    completed = subprocess.run(
+        [sys.executable, "examples/demo.py", "--smoke", "--jobs", value, "--output_dir", str(tmp_path / "d")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 2 and "--jobs" in completed.stderr and "at least 1" in completed.stderr
+    assert not (tmp_path / "d").exists()

@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 TABLE_ROWS = ["CMT (PT + TAPT)", "CMT w/o PT", "HuBERT-only", "RoBERTa-only", "Shallow-Fusion"]
 
 
-def run_study(output: Path) -> dict:
+def run_study(output: Path, *extra: str) -> dict:
     completed = subprocess.run(
-        [sys.executable, "examples/study.py", "--smoke", "--output_dir", str(output)],
+        [sys.executable, "examples/study.py", "--smoke", "--output_dir", str(output), *extra],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -156,7 +156,7 @@ def test_study_resumes_only_the_lost_run(study, tmp_path):
     lost = copy / "runs" / "cmt_w_o_pt_fraction0.5" / "fold1_lr0.002"
     assert (lost / "results.json").is_file()
     (lost / "results.json").unlink()  # as if the study had been killed during this run
-    rerun = run_study(copy)
+    rerun = run_study(copy, "--jobs", "1")  # the first run had a worker per core; this one runs in its process
     redone = [name for name in rerun["timings_s"] if name.startswith(("finetune", "tapt", "tower", "pretrain"))]
     assert redone == ["finetune_cmt_w_o_pt_fraction0.5_fold1_lr0.002"]
     assert rerun["rows"]["Shallow-Fusion"]["aggregate"] == results["rows"]["Shallow-Fusion"]["aggregate"]
