@@ -847,7 +847,9 @@ def _init_worker(threads: int):
     import torch
 
     torch.set_num_threads(threads)
-    logging.getLogger().setLevel(logging.INFO)
+    # A root handler, as the demo's process has: the scripts' basicConfig calls then leave logging alone (their
+    # records reach each step's log through run_script's handler, not a handler left behind on a closed log file).
+    logging.basicConfig(level=logging.INFO, handlers=[logging.NullHandler()])
     _quiet_logging()
 
 
