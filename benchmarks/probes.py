@@ -3,11 +3,13 @@
     python -m benchmarks.probes positional_conv [--device cuda]   # HuBERT's positional convolution: cuDNN/oneDNN vs FFT
     python -m benchmarks.probes cross_stack                       # the cross-modal layers alone, from tower outputs
     python -m benchmarks.probes compile --device cuda             # torch.compile on a CMT-4 train step
+    python -m benchmarks.probes parallel_runs --preset demo       # two fine-tuning runs at once vs one after the other
 
 Each prints its numbers and writes `results/probe_<name>.json` (`results/h100/...` with `--output-dir`).
 """
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -132,7 +134,76 @@ def compile_probe(runtime: Runtime, preset: str) -> dict:
     }
 
 
-PROBES = {"positional_conv": positional_conv, "cross_stack": cross_stack, "compile": compile_probe}
+def parallel_runs(runtime: Runtime, preset: str, rounds: int = 3) -> dict:
+    """What `make demo` / `make study` do with their fine-tuning runs (`--jobs`): two `run_finetune.py` runs of
+    `preset` (audio tower frozen and cached, 10 epochs on 200 synthetic utterances, seeds 0 and 1) one after the
+    other with every core, against both at once with half the cores each; rounds interleaved, after a first run that
+    builds the corpus and tower caches both sides reuse. The study's preset is `demo` (`--preset demo`)."""
+    import itertools
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    if runtime.is_cuda:
+        raise SystemExit("parallel_runs measures CPU worker processes; run it without --device cuda.")
+    cores = len(os.sched_getaffinity(0))
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_finetune.py"
+    counter = itertools.count()
+    with tempfile.TemporaryDirectory() as scratch:
+
+        def command(seed: int, name: str) -> list[str]:
+            return [
+                sys.executable, str(script), "--task", "synthetic_emotion", "--synthetic_size", "200",
+                "--preset", preset, "--test_fold", "1", "--freeze_audio_tower", "true", "--cache_tower_outputs",
+                "true", "--num_train_epochs", "10", "--per_device_train_batch_size", "32", "--learning_rate", "2e-3",
+                "--seed", str(seed), "--cache_dir", f"{scratch}/cache", "--output_dir",
+                f"{scratch}/{name}{next(counter)}", "--disable_tqdm", "true", "--log_level", "error",
+            ]  # fmt: skip
+
+        def launch(seed: int, name: str, threads: int) -> subprocess.Popen:
+            environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+            return subprocess.Popen(command(seed, name), env=environment, stdout=subprocess.DEVNULL)
+
+        def finish(processes: list[subprocess.Popen]):
+            if any(process.wait() != 0 for process in processes):
+                raise RuntimeError("a run_finetune.py run of the probe failed")
+
+        def one_after_the_other() -> float:
+            start = time.perf_counter()
+            for seed in (0, 1):
+                finish([launch(seed, f"sequential{seed}", cores)])
+            return time.perf_counter() - start
+
+        def both_at_once() -> float:
+            start = time.perf_counter()
+            finish([launch(seed, f"parallel{seed}", max(1, cores // 2)) for seed in (0, 1)])
+            return time.perf_counter() - start
+
+        finish([launch(0, "warmup", cores)])  # the corpus, then each seed's tower caches (random towers)
+        finish([launch(1, "warmup", cores)])
+        seconds = {"sequential": [], "parallel": []}
+        for index in range(rounds):  # interleaved: A B, B A, A B
+            order = [("sequential", one_after_the_other), ("parallel", both_at_once)]
+            for name, measure in order if index % 2 == 0 else order[::-1]:
+                seconds[name].append(measure())
+    ratios = [first / second for first, second in zip(seconds["sequential"], seconds["parallel"])]
+    return {
+        "cores": cores,
+        "threads_per_run_at_once": max(1, cores // 2),
+        "sequential_seconds": seconds["sequential"],
+        "parallel_seconds": seconds["parallel"],
+        "speedup_median": statistics.median(ratios),
+        "speedup_per_round": ratios,
+    }
+
+
+PROBES = {
+    "positional_conv": positional_conv,
+    "cross_stack": cross_stack,
+    "compile": compile_probe,
+    "parallel_runs": parallel_runs,
+}
 
 
 def main(argv=None):
@@ -141,13 +212,15 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda, fp32 on cpu)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--preset", default="cmt-4", help="model preset (tests use tiny)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of parallel_runs")
     args = parser.parse_args(argv)
     runtime = Runtime(args.device, "bf16" if args.device == "cuda" else "fp32")
     threads = torch.get_num_threads()
     if not runtime.is_cuda:
         torch.set_num_threads(1)  # as the benchmarks measure on CPU
     try:
-        result = PROBES[args.name](runtime, args.preset)
+        options = {"rounds": args.rounds} if args.name == "parallel_runs" else {}
+        result = PROBES[args.name](runtime, args.preset, **options)
     finally:
         torch.set_num_threads(threads)
     payload = {

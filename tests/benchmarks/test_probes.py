@@ -31,3 +31,17 @@ def test_probe_writes_its_numbers(name, tmp_path):
     else:
         assert result["train_step_flops"] > 0 and result["train_step_seconds"] > 0
         assert 0 < result["share_of_matmul_peak"] < 2
+
+
+@pytest.mark.slow  # about 2.5 minutes: seven run_finetune.py processes
+def test_parallel_runs_times_both_ways(tmp_path):
+    """Two run_finetune.py runs one after the other and both at once (one round, the tiny preset)."""
+    command = ["-m", "benchmarks.probes", "parallel_runs", "--preset", "tiny", "--rounds", "1", "--output-dir",
+               str(tmp_path)]  # fmt: skip
+    completed = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads((tmp_path / "probe_parallel_runs.json").read_text())["result"]
+    assert len(result["sequential_seconds"]) == len(result["parallel_seconds"]) == 1
+    assert result["sequential_seconds"][0] > 0 and result["parallel_seconds"][0] > 0
+    assert result["speedup_median"] == result["sequential_seconds"][0] / result["parallel_seconds"][0]
+    assert result["threads_per_run_at_once"] == max(1, result["cores"] // 2)
