@@ -18,7 +18,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 help:
 	@echo "make demo   - run the main job on the embedded data (installs what it needs)"
-	@echo "make study  - the full evidence study on the embedded data: 5 folds x 2 seeds, figures (about 100 minutes)"
+	@echo "make study  - the full evidence study on the embedded data: 5 folds x 2 seeds, figures (about 50 minutes)"
 	@echo "make quickstart - one-minute end-to-end check of the model package"
 	@echo "make app    - the web demo on http://127.0.0.1:7860 (after make demo)"
 	@echo "make test   - run the test suite (installs what it needs)"
@@ -57,8 +57,8 @@ DEMO_ARGS ?=
 demo: venv
 	$(PY) examples/demo.py --output_dir demo_output $(DEMO_ARGS)
 
-# The demo's protocol at full size with the paper's figures and the sentiment config (about 100 minutes on 2 cores;
-# every run is cached, so a killed study continues where it stopped; STUDY_ARGS=--fresh redoes all).
+# The demo's protocol at full size with the paper's figures and the sentiment config (about 50 minutes on 2 cores,
+# two runs at a time; every run is cached, so a killed study continues where it stopped; STUDY_ARGS=--fresh redoes all).
 STUDY_ARGS ?=
 study: venv
 	$(PY) examples/study.py --output_dir study_output $(STUDY_ARGS)

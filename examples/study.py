@@ -14,9 +14,10 @@ every row fine-tuned the same way from the same towers), and in addition:
   targets stated as met or missed from the numbers, and `results.json`.
 
 Each run is a cached step (a folder with its results.json): a killed study continues where it stopped; `--fresh`
-redoes all. Mean ± std are over every fold x seed run of a row.
+redoes all. The fine-tuning and TAPT runs go `--jobs` at a time in worker processes (default: one per usable core).
+Mean ± std are over every fold x seed run of a row.
 
-    python examples/study.py                  # about 100 minutes on 2 CPU cores (README, "The study")
+    python examples/study.py                  # about 50 minutes on 2 CPU cores (README, "The study")
     python examples/study.py --smoke          # a minute: tiny everything, same code path
 """
 

@@ -170,13 +170,17 @@ def test_readme_probe_commands_run_on_a_study_folder(study, tmp_path):
     block = section.split("The commands of the probes", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
     assert [command.split()[1] for command in commands] == [
-        "examples/probe_aligned.py", "examples/probe_aligned.py", "examples/probe_aligned.py", "examples/run_finetune.py"
+        *["examples/probe_aligned.py"] * 3, *["examples/run_finetune.py"] * 5
     ]  # fmt: skip
     size = ["--synthetic_size", str(results["settings"]["num_utterances"])]
     for command in commands:
         argv = [word.replace("S/", f"{output}/") for word in command.split()]
         argv[1] = str(REPO / argv[1])
-        extra = size + (["--num_train_epochs", "1", "--max_audio_seconds", "3"] if "run_finetune" in argv[1] else [])
+        extra = size
+        if "run_finetune" in argv[1]:
+            extra = [*size, "--num_train_epochs", "1", "--max_audio_seconds", "3"]
+            if "--max_steps" in argv:  # the fixed-step probes: a few steps, evaluated twice
+                extra += ["--max_steps", "4", "--eval_steps", "2", "--save_steps", "2"]
         completed = subprocess.run(
             [sys.executable, *argv[1:], *extra], cwd=tmp_path, capture_output=True, text=True, timeout=600
         )
@@ -189,6 +193,22 @@ def test_readme_probe_commands_run_on_a_study_folder(study, tmp_path):
     arguments = json.loads((tmp_path / "shallow_grouped_rates" / "fold_1" / "run_arguments.json").read_text())
     assert arguments["CMTTrainingArguments"]["tower_learning_rate"] == 2e-3
     assert grouped["folds"][0]["fold"] == 1
+
+    def arguments_of(name: str) -> dict:
+        recorded = json.loads((tmp_path / name / "fold_1" / "run_arguments.json").read_text())
+        return {key: value for group in recorded.values() for key, value in group.items()}
+
+    for name, source in [
+        ("fraction10_steps_pt", "model_name_or_path"),
+        ("fraction10_steps_no_pt", "text_model_name_or_path"),
+    ]:
+        recorded = arguments_of(name)
+        assert (
+            recorded["train_fraction"] == 0.1 and recorded["max_steps"] == 4 and recorded["eval_strategy"] == "steps"
+        )
+        assert recorded[source].startswith(str(output))
+    assert arguments_of("cmt_15_epochs")["model_name_or_path"] == str(output / "runs" / "tapt_fold1")
+    assert "cross_attention_dropout=0.0" in arguments_of("cmt_no_attention_dropout")["config_overrides"]
 
 
 def test_a_folder_made_with_other_settings_is_refused_and_kept(study, tmp_path):
