@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -220,7 +220,7 @@ class RowRequest:
     extra: tuple = ()
     task: str = "synthetic_emotion"
     slug: str | None = None
-    seeds: list | None = field(default=None)
+    seeds: list | None = None
 
 
 class Demo:
@@ -503,10 +503,6 @@ class Demo:
             labels = {fold: candidate_label(chosen[index, fold]) for fold in request.folds}
             results.append(collect_runs(runs, labels))
         return results
-
-    def finetune_row(self, row: Row, folds: list[int], sources: dict, **options) -> dict:
-        """One row (`finetune_rows`); `options` are `RowRequest`'s."""
-        return self.finetune_rows([RowRequest(row, folds, sources, **options)])[0]
 
     def finetune(self, sources: dict, folds: list[int]) -> dict[str, dict]:
         rows = [ROWS_BY_NAME[name] for name in self.settings["rows"]]
